@@ -1,0 +1,51 @@
+"""Reading and writing images: DICOM series, NIfTI + JSON sidecars, RTSTRUCT."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .dicom import load_dicom, read_headers, scan
+from .nifti import load_nifti, save_nifti, sidecar_path
+
+__all__ = ["scan", "load", "save", "load_dicom", "load_nifti", "save_nifti", "load_rtstruct", "read_headers", "sidecar_path"]
+
+
+def load(path: str | os.PathLike, *, series=None, **kwargs):
+    """Load a DICOM folder/file or a NIfTI image (with its JSON sidecar) as a Volume.
+
+    Parameters
+    ----------
+    path : str or Path
+        ``*.nii`` / ``*.nii.gz`` (sidecar ``*.json`` beside it), a DICOM file, or
+        a folder searched recursively for DICOM.
+    series : int, str or None
+        For DICOM: which series (see :func:`invivo.io.dicom.load_dicom`).
+    **kwargs
+        Passed to the reader (``echo``, ``dtype``, ``uneven``, ``allow_tilt``).
+
+    Examples
+    --------
+    >>> vol = invivo.load("export/")          # doctest: +SKIP
+    >>> vol.meta.units, vol.voxel_size_mm     # doctest: +SKIP
+    """
+    p = Path(path)
+    if str(p).endswith((".nii", ".nii.gz")):
+        if series is not None:
+            from ..errors import ParameterError
+
+            raise ParameterError("series= applies to DICOM input; a NIfTI file holds one series")
+        return load_nifti(p, **{k: v for k, v in kwargs.items() if k == "dtype"})
+    return load_dicom(p, series=series, **kwargs)
+
+
+def save(volume, path: str | os.PathLike, **kwargs):
+    """Write a Volume as NIfTI + JSON sidecar (see :func:`invivo.io.nifti.save_nifti`)."""
+    return save_nifti(volume, path, **kwargs)
+
+
+def load_rtstruct(path, reference, **kwargs):
+    """Rasterise an RTSTRUCT onto ``reference``'s grid: ``{structure name: boolean Volume}``."""
+    from .rtstruct import load_rtstruct as _impl
+
+    return _impl(path, reference, **kwargs)
