@@ -728,6 +728,8 @@ def _choose_series(groups: dict, series, where: str):
             raise ParameterError(f"{where}: {len(keys)} series found; choose one with series=INDEX, UID, number or "
                                  f"description: {describe()}")
         return keys[0]
+    if isinstance(series, tuple) and series in groups:  # (SeriesInstanceUID, flavour) as in scan()'s table
+        return series
     if isinstance(series, (int, np.integer)) and not isinstance(series, bool):
         if 0 <= series < len(keys):
             return keys[int(series)]

@@ -1,0 +1,1 @@
+"""Command line interface: ``invivo <command>``; one small module per command."""

@@ -1,0 +1,74 @@
+"""``invivo``: the command dispatcher.
+
+Every command is a thin shell over one public Python function.  Expected errors
+(:class:`invivo.InvivoError`) print one line on stderr and exit with code 2; a
+traceback means a bug.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+import warnings
+
+from ..errors import InvivoError, InvivoWarning
+
+#: command name -> module under invivo.cli
+COMMANDS = {
+    "scan": "scan",
+    "convert": "convert",
+    "uptake": "uptake",
+    "roi-stats": "roi_stats",
+    "demo": "demo",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="invivo",
+        description="Quantitative in vivo imaging for preclinical immunotherapy: DICOM ingestion, "
+                    "SUV and %ID/g, ROI statistics.",
+    )
+    parser.add_argument("--version", action="version", version=f"invivo {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module in COMMANDS.items():
+        mod = importlib.import_module(f".{module}", __package__)
+        p = sub.add_parser(name, help=mod.HELP, description=mod.__doc__)
+        mod.add_arguments(p)
+        p.set_defaults(_run=mod.run)
+    return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    kind = "note" if issubclass(category, InvivoWarning) else category.__name__
+    print(f"invivo: {kind}: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="invivo: %(message)s")
+    old = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return int(args._run(args) or 0)
+    except InvivoError as exc:
+        print(f"invivo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("invivo: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        warnings.showwarning = old
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
