@@ -140,7 +140,17 @@ SQUARE = [(2, (13.1, 12.7, 6.13, 4.37, 20.0)), (3, (11.9, 14.1, 5.03, 5.03, 0.0)
 CIRCLE = [(4, (15.03, 13.77, 8.31)), (5, (14.11, 12.93, 5.17))]
 RING = [(6, (14.2, 13.1, 9.3, 4.1))]
 EDGE = [(7, (1.07, 0.93, 5.21))]  # partly outside the grid: clipped
-SAGITTA = 1 - np.cos(np.pi / 200)  # relative gap between a 200-gon's edges and its circle
+
+
+def in_ngon(s, t, cs, ct, radius, n=200, phase=0.123):
+    """Exact inclusion in the regular n-gon of ngon(): a convex polygon is the intersection
+    of the half-planes of its edges, whose normals point at phase + (2e + 1) pi / n.
+    Returns (inside, distance of each point to the nearest edge line)."""
+    a = phase + (2 * np.arange(n) + 1) * np.pi / n
+    proj = np.multiply.outer(s - cs, np.cos(a)) + np.multiply.outer(t - ct, np.sin(a))
+    support = radius * np.cos(np.pi / n)
+    worst = proj.max(axis=-1)
+    return worst < support, np.abs(worst - support)
 
 
 def synthetic_case(geom: Geometry):
@@ -157,17 +167,18 @@ def synthetic_case(geom: Geometry):
     for name, spec in (("circle", CIRCLE), ("edge", EDGE)):
         for k, (cs, ct, r) in spec:
             rois[name].append(("CLOSED_PLANAR", geom.lps(*ngon(cs, ct, r), k)))
-            d = np.hypot(s - cs, t - ct)
-            truth[name][:, :, k] = d < r
-            margins.append(np.abs(d - r).min() - r * SAGITTA)
+            truth[name][:, :, k], m = in_ngon(s, t, cs, ct, r)
+            margins.append(m.min())
     for k, (cs, ct, r_out, r_in) in RING:
         rois["ring"].append(("CLOSED_PLANAR", geom.lps(*ngon(cs, ct, r_out), k)))
-        rois["ring"].append(("CLOSED_PLANAR", geom.lps(*ngon(cs, ct, r_in, n=200, phase=0.5)[::-1], k)))
-        d = np.hypot(s - cs, t - ct)
-        truth["ring"][:, :, k] = (d < r_out) & (d > r_in)
-        margins.append(min(np.abs(d - r_out).min() - r_out * SAGITTA, np.abs(d - r_in).min() - r_in * SAGITTA))
-    # the shapes were chosen so that no voxel centre lies within 2 um of a boundary
-    assert min(margins) > 2e-3, min(margins)
+        hs, ht = ngon(cs, ct, r_in, n=200, phase=0.5)
+        rois["ring"].append(("CLOSED_PLANAR", geom.lps(hs[::-1], ht[::-1], k)))  # hole drawn clockwise
+        outer, m_out = in_ngon(s, t, cs, ct, r_out)
+        inner, m_in = in_ngon(s, t, cs, ct, r_in, phase=0.5)
+        truth["ring"][:, :, k] = outer & ~inner
+        margins += [m_out.min(), m_in.min()]
+    # no voxel centre lies within 0.1 um of a boundary (contour points are written to 10 nm)
+    assert min(margins) > 1e-4, min(margins)
     return rois, truth
 
 

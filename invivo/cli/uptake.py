@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-HELP = "SUV or %ID/g map from a PET/SPECT series"
+HELP = "SUV or %%ID/g map from a PET/SPECT series"
 UNITS = ("suvbw", "suvlbm", "suvbsa", "suvibw", "idg", "idcc")
 
 

@@ -29,7 +29,6 @@ __all__ = ["load_rtstruct", "fill_polygon"]
 #: How far (in voxels) a contour point may lie off its slice plane.
 SLICE_TOLERANCE_VOXELS = 0.1
 
-_RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 
 
 # -- finding and reading the file -----------------------------------------------
@@ -38,7 +37,7 @@ def _read_header(path: Path):
     import pydicom
 
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality", "SOPClassUID"])
+        return pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"])
     except Exception:  # not DICOM, unreadable: simply not a candidate
         return None
 
@@ -50,7 +49,7 @@ def _find_rtstruct(folder: Path) -> Path:
         ds = _read_header(p)
         if ds is None:
             continue
-        if str(ds.get("Modality", "")).upper() == "RTSTRUCT" or str(ds.get("SOPClassUID", "")) == _RTSTRUCT_SOP_CLASS:
+        if str(ds.get("Modality", "")).upper() == "RTSTRUCT":
             found.append(p)
     if not found:
         raise DicomError(
