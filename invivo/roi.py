@@ -24,7 +24,7 @@ from .backend import check_same_device, get_array_module, to_device
 from .errors import GeometryError, ParameterError
 from .volume import Volume
 
-__all__ = ["match_mask", "stats", "label_stats", "sphere_kernel", "DEFAULT_PEAK_RADIUS_VOXELS"]
+__all__ = ["match_mask", "stats", "label_stats", "image_roi_stats", "sphere_kernel", "DEFAULT_PEAK_RADIUS_VOXELS"]
 
 #: Default peak sphere radius, in units of the largest voxel dimension.  Preclinical
 #: images have voxels of 0.4-1 mm, so this is a sphere of 0.6-1.5 mm radius
@@ -195,10 +195,24 @@ def _mask_array(volume: Volume, mask) -> Any:
     return m != 0
 
 
-def _peak(frames_host: np.ndarray, m_host: np.ndarray, kernel: np.ndarray) -> list[float]:
-    """Max over mask voxels of the NaN-aware sphere mean, per frame (host arrays)."""
+#: Above this many kernel voxels the sphere mean uses FFT convolution (measured: direct
+#: convolution of 160^3 voxels takes 0.14 s at 19 kernel voxels, 0.9 s at 257, FFT ~1 s flat).
+_FFT_KERNEL_VOXELS = 500
+
+
+def _convolve(x: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """Zero-padded ('constant', cval 0) convolution, direct or by FFT for large kernels."""
+    if (kernel > 0).sum() > _FFT_KERNEL_VOXELS:
+        from scipy import signal
+
+        return signal.fftconvolve(x, kernel, mode="same")
     from scipy import ndimage
 
+    return ndimage.convolve(x, kernel, mode="constant", cval=0.0)
+
+
+def _peak(frames_host: np.ndarray, m_host: np.ndarray, kernel: np.ndarray) -> list[float]:
+    """Max over mask voxels of the NaN-aware sphere mean, per frame (host arrays)."""
     half = np.array(kernel.shape) // 2
     idx = np.argwhere(m_host)
     lo = np.maximum(idx.min(axis=0) - half, 0)
@@ -209,8 +223,8 @@ def _peak(frames_host: np.ndarray, m_host: np.ndarray, kernel: np.ndarray) -> li
     for f in range(frames_host.shape[-1]):
         x = frames_host[box + (f,)].astype(np.float64)
         valid = np.isfinite(x)
-        num = ndimage.convolve(np.where(valid, x, 0.0), kernel, mode="constant", cval=0.0)
-        den = ndimage.convolve(valid.astype(np.float64), kernel, mode="constant", cval=0.0)
+        num = _convolve(np.where(valid, x, 0.0), kernel)
+        den = _convolve(valid.astype(np.float64), kernel)
         mean = num[mbox] / den[mbox]  # den > 0: the centre voxel is finite inside the mask
         out.append(float(mean.max()))
     return out
@@ -360,4 +374,49 @@ def label_stats(volume: Volume, labels: Volume, names: dict[int, str], **kwargs)
         if not bool(region.any()):
             raise ParameterError(f"label_stats: label {value} ({name!r}) has no voxel in the label image")
         out[name] = stats(volume, region, **kwargs)
+    return out
+
+
+def image_roi_stats(image, *, mask=None, rtstruct=None, structures=None,
+                    peak_radius_mm: float | None = None, peak_volume_ml: float | None = None) -> dict:
+    """:func:`stats` from files: what ``invivo roi-stats`` runs.
+
+    Parameters
+    ----------
+    image : str or os.PathLike
+        Image: NIfTI file or DICOM file/folder (read with :func:`invivo.io.load`).
+    mask : str or os.PathLike, optional
+        Mask NIfTI (nonzero = inside), on the image's grid or another orientation of it.
+    rtstruct : str or os.PathLike, optional
+        RTSTRUCT file or a folder holding one (give ``mask`` or ``rtstruct``).
+    structures : str or list of str, optional
+        RTSTRUCT structure names; all by default.
+    peak_radius_mm, peak_volume_ml : float, optional
+        Peak sphere size (see :func:`stats`).
+
+    Returns
+    -------
+    dict
+        With ``mask``: the :func:`stats` dictionary.  With ``rtstruct``: structure
+        name -> :func:`stats` dictionary.
+
+    Raises
+    ------
+    ParameterError
+        Neither or both of ``mask`` / ``rtstruct``; a structure with no voxel on the
+        image grid (named).
+    """
+    from . import io
+
+    if (mask is None) == (rtstruct is None):
+        raise ParameterError("image_roi_stats: give exactly one of mask= (NIfTI) or rtstruct= (RTSTRUCT)")
+    img = io.load(image)
+    peak = {"peak_radius_mm": peak_radius_mm, "peak_volume_ml": peak_volume_ml}
+    if mask is not None:
+        return stats(img, io.load(mask), **peak)
+    out = {}
+    for name, m in io.load_rtstruct(rtstruct, img, structures=structures).items():
+        if not bool(m.data.any()):
+            raise ParameterError(f"structure {name!r} in {rtstruct} has no voxel on the image grid of {image}")
+        out[name] = stats(img, m, **peak)
     return out

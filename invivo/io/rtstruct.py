@@ -30,7 +30,6 @@ __all__ = ["load_rtstruct", "fill_polygon"]
 SLICE_TOLERANCE_VOXELS = 0.1
 
 
-
 # -- finding and reading the file -----------------------------------------------
 
 def _read_header(path: Path):

@@ -515,6 +515,16 @@ def write_dicom(
         manufacturer="invivo.synth",
     )
     stored_meta.extra = {**stored_meta.extra, "frame_of_reference_uid": ctx["frame_of_reference_uid"]}
+    # the stored metadata holds only what this modality's files carry
+    if mod != "PT":
+        stored_meta.frame_start_s = stored_meta.frame_duration_s = None
+        stored_meta.decay_correction = None
+        stored_meta.reference_activity_bq = stored_meta.suv_bw_factor = None
+    if mod != "MR":
+        stored_meta.echo_times_s = None
+        stored_meta.magnetic_field_t = None
+    if mod in ("MR", "CT"):
+        stored_meta.tracer = None
     rng = np.random.default_rng(seed)
 
     if mod == "PT":
@@ -780,7 +790,7 @@ def _mr_enhanced(data4, geo, ctx, meta: Meta, rng, *, phase, mr_scale, tr_s, fli
     ds.InstanceNumber = 1
     ds.ContentQualification = "PRODUCT"
     ds.AcquisitionDateTime = _dt(sdt)
-    ds.AcquisitionDuration = "60"
+    ds.AcquisitionDuration = 60.0
     ds.AcquisitionContrast = "T2_STAR"
     ds.PixelPresentation = "MONOCHROME"
     ds.VolumetricProperties = "VOLUME"
@@ -867,11 +877,11 @@ def _mr_enhanced(data4, geo, ctx, meta: Meta, rng, *, phase, mr_scale, tr_s, fli
         fc.DimensionIndexValues = [k + 1, e + 1]
         fc.FrameAcquisitionDateTime = _dt(sdt)
         fc.FrameReferenceDateTime = _dt(sdt)
-        fc.FrameAcquisitionDuration = "60000"
+        fc.FrameAcquisitionDuration = 60000.0
         fc.FrameAcquisitionNumber = 1
         fg.FrameContentSequence = Sequence([fc])
         echo = Dataset()
-        echo.EffectiveEchoTime = te_ms[e] if te_ms is not None else "0"
+        echo.EffectiveEchoTime = float(te_ms[e]) if te_ms is not None else 0.0
         fg.MREchoSequence = Sequence([echo])
         pv = Dataset()
         pv.RescaleIntercept = _ds(inter)

@@ -1,0 +1,16 @@
+"""Synthetic data with known truth: an analytic mouse phantom, its PET/MR/CT renderers and a DICOM writer.
+
+Tests, ``invivo demo``, the benchmarks and the validation scripts in ``phantoms/``
+all build their inputs here::
+
+    from invivo.synth import mouse_phantom, render_pet, write_dicom
+    ph = mouse_phantom()
+    pet, truth = render_pet(ph, percent_id_per_g={"liver": 15.0, "tumour": 8.0},
+                            injected_activity_bq=3.7e6, scan_delay_s=3 * 86400)
+    paths, stored = write_dicom(pet, "out/pet", return_stored=True)
+"""
+
+from .dicom import write_dicom
+from .phantom import Ellipsoid, Phantom, mouse_phantom, render_ct, render_mr, render_pet
+
+__all__ = ["write_dicom", "mouse_phantom", "render_pet", "render_mr", "render_ct", "Phantom", "Ellipsoid"]
