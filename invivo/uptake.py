@@ -54,7 +54,6 @@ import warnings
 from collections.abc import Sequence
 from datetime import date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
