@@ -1233,5 +1233,5 @@ def write_uptake(path, out, *, unit: str = "suvbw", series=None, overwrite: bool
 
     vol = io.load(path, series=series)
     res = compute(vol, unit)
-    io.save(res, out, overwrite=overwrite)
+    io.save(res, out, overwrite=overwrite, inputs=[path], parameters={"unit": unit, "series": series})
     return Path(out)

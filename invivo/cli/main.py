@@ -44,9 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None):
+def _format_warning(message, category, filename, lineno, line=None):
     kind = "note" if issubclass(category, InvivoWarning) else category.__name__
-    print(f"invivo: {kind}: {message}", file=sys.stderr)
+    return f"invivo: {kind}: {message}\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="invivo: %(message)s")
-    old = warnings.showwarning
-    warnings.showwarning = _show_warning
+    old = warnings.formatwarning
+    warnings.formatwarning = _format_warning  # one line per warning, no source excerpt
     try:
         return int(args._run(args) or 0)
     except InvivoError as exc:
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print("invivo: interrupted", file=sys.stderr)
         return 130
     finally:
-        warnings.showwarning = old
+        warnings.formatwarning = old
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -787,7 +787,11 @@ def _load_series(dss: list[Dataset], *, echo, dtype, uneven, allow_tilt, n_skipp
     affine = LPS_TO_RAS @ affine
     if nt == 1:
         data = data[..., 0]
+    import hashlib
+
+    uids = sorted(str(d.get("SOPInstanceUID", "")) for d in dss)
     meta.source.update({"files": len(dss), "skipped_non_dicom": n_skipped,
+                        "sop_instance_uids_sha256": hashlib.sha256("\n".join(uids).encode()).hexdigest(),
                         "folder": os.path.commonpath([str(Path(_fname(d)).parent) for d in dss])})
     return Volume(data.astype(dtype, copy=False), affine, meta)
 

@@ -24,7 +24,7 @@ from ..backend import to_device
 from ..errors import InvivoError, OutputExistsError, ParameterError
 from ..volume import Meta, Subject, Tracer, Volume
 
-__all__ = ["save_nifti", "load_nifti", "sidecar_path", "atomic_write", "file_sha256", "meta_from_dict"]
+__all__ = ["save_nifti", "load_nifti", "sidecar_path", "atomic_write", "file_sha256", "input_record", "meta_from_dict"]
 
 _NII_SUFFIXES = (".nii.gz", ".nii")
 
@@ -57,6 +57,21 @@ def file_sha256(path: str | os.PathLike, *, limit: int | None = None) -> str:
                 if remaining <= 0:
                     break
     return h.hexdigest()
+
+
+def input_record(path: str | os.PathLike) -> dict:
+    """Provenance of one input: a file's SHA-256, or for a folder one SHA-256 over its files in sorted order."""
+    p = Path(path)
+    if p.is_file():
+        return {"path": str(p.resolve()), "sha256": file_sha256(p)}
+    if not p.is_dir():
+        return {"path": str(p)}
+    h = hashlib.sha256()
+    files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+    for f in files:
+        h.update(f.relative_to(p).as_posix().encode() + b"\0")
+        h.update(bytes.fromhex(file_sha256(f)))
+    return {"path": str(p.resolve()), "n_files": len(files), "sha256_of_files": h.hexdigest()}
 
 
 def atomic_write(targets: dict[Path, Any], *, overwrite: bool = False) -> None:
@@ -177,7 +192,7 @@ def save_nifti(volume: Volume, path: str | os.PathLike, *, overwrite: bool = Fal
     side = _bids_keys(meta)
     prov = dict(meta.source)
     if inputs:
-        prov["inputs"] = [{"path": str(p), "sha256": file_sha256(p)} for p in inputs if Path(p).is_file()]
+        prov["inputs"] = [input_record(p) for p in inputs]
     if parameters:
         prov["parameters"] = parameters
     side["GeneratedBy"] = [{"Name": "invivo", "Version": __version__}]
