@@ -802,7 +802,7 @@ def _subject(ds: Dataset) -> Subject:
     h = _float(ds, "PatientSize")
     return Subject(id=str(ds.get("PatientID", "")) or None, weight_kg=w, height_m=h,
                    sex=str(ds.get("PatientSex", "")) or None, species=str(species) if species else None,
-                   strain=str(ds.get("StrainDescription", "")) or None)
+                   strain=str(ds.get("StrainDescription", "") or ds.get("PatientBreedDescription", "")) or None)
 
 
 def _tracer(ds: Dataset) -> Tracer | None:

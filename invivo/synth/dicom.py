@@ -85,13 +85,6 @@ _RADIONUCLIDE_CODES = {
 
 _MODALITIES = {"PT": "PT", "PET": "PT", "MR": "MR", "MRI": "MR", "CT": "CT", "NM": "NM", "SPECT": "NM"}
 
-_SOP_CLASSES = {
-    "PT": PositronEmissionTomographyImageStorage,
-    "MR": MRImageStorage,
-    "CT": CTImageStorage,
-    "NM": NuclearMedicineImageStorage,
-}
-
 
 # --------------------------------------------------------------------------- value formatting
 def _ds(x) -> str:
@@ -183,7 +176,7 @@ def _shuffled(n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def _note(meta: Meta, msg: str) -> None:
-    warnings.warn(msg, InvivoWarning, stacklevel=3)
+    warnings.warn(msg, InvivoWarning, stacklevel=4)  # _note <- _pet <- write_dicom <- caller
     meta.assumptions.append(msg)
 
 
@@ -195,7 +188,6 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
             f"{out_dir} exists and is not empty; choose an empty folder or pass overwrite=True "
             "(files of the same names are then replaced)"
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
 
 
 def _write_atomic(ds: Dataset, path: Path) -> None:
@@ -540,11 +532,11 @@ def write_dicom(
     else:
         items, stored = _nm(data4, geo, ctx, stored_meta)
 
-    prefix = {"PT": "PT", "MR": "MR", "CT": "CT", "NM": "NM"}[mod]
+    out.mkdir(parents=True, exist_ok=True)  # only now that every dataset was built
     order = _shuffled(len(items), rng)
     paths = []
     for n, idx in enumerate(order):
-        path = out / f"{prefix}{n + 1:05d}.dcm"
+        path = out / f"{mod}{n + 1:05d}.dcm"
         _write_atomic(items[idx], path)
         paths.append(path)
 
@@ -562,13 +554,16 @@ def _pet(data4, geo: _Geometry, ctx, meta: Meta, rng):
     durs = meta.frame_duration_s
     if starts is None:
         if n_t > 1:
-            raise ParameterError(f"write_dicom: dynamic PET with {n_t} frames needs meta.frame_start_s (seconds from series start)")
+            raise ParameterError(
+                f"write_dicom: dynamic PET with {n_t} frames needs meta.frame_start_s (seconds from series start)"
+            )
         starts = (0.0,)
     if durs is None:
         if n_t > 1:
             raise ParameterError(f"write_dicom: dynamic PET with {n_t} frames needs meta.frame_duration_s (seconds)")
         durs = (DEFAULT_STATIC_DURATION_S,)
-        _note(meta, f"static PET without frame_duration_s: ActualFrameDuration written as {DEFAULT_STATIC_DURATION_S:g} s")
+        _note(meta, "static PET without frame_duration_s: ActualFrameDuration written as "
+                    f"{DEFAULT_STATIC_DURATION_S:g} s")
     if len(starts) != n_t or len(durs) != n_t:
         raise ParameterError(
             f"write_dicom: PET data have {n_t} frames but meta.frame_start_s has {len(starts)} and "
@@ -675,7 +670,8 @@ def _mr_quantise(data4, *, phase: bool, mr_scale, enhanced: bool):
     if phase:
         if data4.min() < -math.pi - 1e-9 or data4.max() > math.pi + 1e-9:
             raise ParameterError(
-                f"write_dicom: phase=True expects radians in [-pi, pi]; data range is [{data4.min():.4g}, {data4.max():.4g}]"
+                "write_dicom: phase=True expects radians in [-pi, pi]; "
+                f"data range is [{data4.min():.4g}, {data4.max():.4g}]"
             )
         q = np.clip(np.rint((data4 + math.pi) / (2 * math.pi) * 4095.0), 0, 4095).astype(np.uint16)
         return q, 2.0, -4096.0
@@ -690,7 +686,8 @@ def _mr_quantise(data4, *, phase: bool, mr_scale, enhanced: bool):
         scaled = data4 * float(mr_scale)
         if scaled.max() > 65535:
             raise ParameterError(f"write_dicom: mr_scale={mr_scale} makes values up to {scaled.max():.4g} > 65535")
-        return np.rint(scaled).astype(np.uint16), (1.0 / float(mr_scale) if enhanced else None), (0.0 if enhanced else None)
+        q = np.rint(scaled).astype(np.uint16)
+        return q, (1.0 / float(mr_scale) if enhanced else None), (0.0 if enhanced else None)
     if integer:
         return data4.astype(np.uint16), (1.0 if enhanced else None), (0.0 if enhanced else None)
     m = float(data4.max())
@@ -823,10 +820,10 @@ def _mr_enhanced(data4, geo, ctx, meta: Meta, rng, *, phase, mr_scale, tr_s, fli
     ds.DimensionOrganizationSequence = Sequence([org])
     ds.DimensionOrganizationType = "3D"
     dims = []
-    for pointer, group, desc in (
-        (Tag(0x0020, 0x9057), Tag(0x0020, 0x9111), "In-Stack Position Number"),   # InStackPositionNumber in FrameContentSequence
-        (Tag(0x0018, 0x9082), Tag(0x0018, 0x9114), "Effective Echo Time"),        # EffectiveEchoTime in MREchoSequence
-    ):
+    dim_defs = [(Tag(0x0020, 0x9057), Tag(0x0020, 0x9111), "In-Stack Position Number")]  # in FrameContentSequence
+    if te_ms is not None:
+        dim_defs.append((Tag(0x0018, 0x9082), Tag(0x0018, 0x9114), "Effective Echo Time"))  # in MREchoSequence
+    for pointer, group, desc in dim_defs:
         d = Dataset()
         d.DimensionOrganizationUID = dim_org
         d.DimensionIndexPointer = pointer
@@ -874,15 +871,16 @@ def _mr_enhanced(data4, geo, ctx, meta: Meta, rng, *, phase, mr_scale, tr_s, fli
         fc = Dataset()
         fc.StackID = "1"
         fc.InStackPositionNumber = k + 1
-        fc.DimensionIndexValues = [k + 1, e + 1]
+        fc.DimensionIndexValues = [k + 1, e + 1] if te_ms is not None else [k + 1]
         fc.FrameAcquisitionDateTime = _dt(sdt)
         fc.FrameReferenceDateTime = _dt(sdt)
         fc.FrameAcquisitionDuration = 60000.0
         fc.FrameAcquisitionNumber = 1
         fg.FrameContentSequence = Sequence([fc])
-        echo = Dataset()
-        echo.EffectiveEchoTime = float(te_ms[e]) if te_ms is not None else 0.0
-        fg.MREchoSequence = Sequence([echo])
+        if te_ms is not None:
+            echo = Dataset()
+            echo.EffectiveEchoTime = float(te_ms[e])
+            fg.MREchoSequence = Sequence([echo])
         pv = Dataset()
         pv.RescaleIntercept = _ds(inter)
         pv.RescaleSlope = _ds(slope)
@@ -893,8 +891,6 @@ def _mr_enhanced(data4, geo, ctx, meta: Meta, rng, *, phase, mr_scale, tr_s, fli
     ds.PerFrameFunctionalGroupsSequence = Sequence(per_frame)
     _pixel_module(ds, n_j, n_i, signed=False)
     ds.PixelData = np.ascontiguousarray(np.stack(frames)).astype("<u2").tobytes()
-    if te_ms is None:
-        meta.echo_times_s = (0.0,)
     return [ds], stored
 
 
@@ -941,7 +937,8 @@ def _nm(data4, geo, ctx, meta: Meta):
     vol = data4[..., 0]
     if vol.min() < 0:
         raise ParameterError(
-            f"write_dicom: NM data are stored as uint16 and must be >= 0 (min {vol.min():.4g}); clip or offset them first"
+            f"write_dicom: NM data are stored as uint16 and must be >= 0 (min {vol.min():.4g}); "
+            "clip or offset them first"
         )
     units = (meta.units or "CNTS").upper()
     if units not in ("BQML", "CNTS"):

@@ -156,10 +156,13 @@ class Phantom:
         m = self.mask(name).data
         return float(m.sum()) * self.labels.voxel_volume_ml
 
-    def value_table(self, values: Mapping[str, object], *, what: str, default=0.0) -> dict[int, object]:
+    def value_table(self, values: Mapping[str, object], *, what: str, default=0.0,
+                    defaults: Mapping[str, object] | None = None) -> dict[int, object]:
         """``{label: value}`` from ``{name or group: value}``; unknown names raise ParameterError.
 
-        Organ names override group names; labels not named get ``default``.
+        Labels start from ``defaults`` (organ names), else ``default``; then the
+        groups of ``values`` (``"tumour"``) apply, then its organ names, which
+        override groups.
         """
         valid = set(self.names.values()) | set(GROUPS)
         unknown = [n for n in values if n not in valid]
@@ -167,7 +170,7 @@ class Phantom:
             raise ParameterError(
                 f"{what}: unknown organ name(s) {unknown}; valid are {', '.join(sorted(valid))}"
             )
-        table = {lab: default for lab in self.names}
+        table = {lab: (defaults or {}).get(name, default) for lab, name in self.names.items()}
         for g, members in GROUPS.items():
             if g in values:
                 for n in members:
@@ -374,14 +377,20 @@ def render_pet(
     iso = lookup(isotope)
     lam = math.log(2.0) / iso.half_life_s
     if not (injected_activity_bq > 0 and math.isfinite(injected_activity_bq)):
-        raise ParameterError(f"render_pet: injected_activity_bq must be a positive number of Bq, got {injected_activity_bq!r}")
+        raise ParameterError(
+            f"render_pet: injected_activity_bq must be a positive number of Bq, got {injected_activity_bq!r}"
+        )
     if not (weight_kg > 0 and weight_kg < 5):
-        raise ParameterError(f"render_pet: weight_kg={weight_kg!r} is not a plausible animal weight in kg (a mouse is ~0.025)")
+        raise ParameterError(
+            f"render_pet: weight_kg={weight_kg!r} is not a plausible animal weight in kg (a mouse is ~0.025)"
+        )
     if scan_delay_s < 0:
         raise ParameterError(f"render_pet: scan_delay_s must be >= 0 (seconds after injection), got {scan_delay_s!r}")
     decay = str(decay_correction).upper()
     if decay not in ("START", "ADMIN", "NONE"):
-        raise ParameterError(f"render_pet: decay_correction must be one of START, ADMIN, NONE; got {decay_correction!r}")
+        raise ParameterError(
+            f"render_pet: decay_correction must be one of START, ADMIN, NONE; got {decay_correction!r}"
+        )
     if frame_starts_s is None:
         if frame_durations_s is not None and len(frame_durations_s) != 1:
             raise ParameterError("render_pet: frame_durations_s given without frame_starts_s")
@@ -547,8 +556,9 @@ def render_mr(
         raise ParameterError(f"render_mr: echo_times_s must be non-negative seconds, got {echo_times_s!r}")
     if any(t > 1.0 for t in tes):
         raise ParameterError(f"render_mr: echo_times_s look like milliseconds ({tes}); give seconds")
-    s0_t = phantom.value_table({**DEFAULT_S0, **(s0 or {})}, what="render_mr s0")
-    r2_t = phantom.value_table({**DEFAULT_R2STAR_PER_S, **(r2star_per_s or {})}, what="render_mr r2star_per_s")
+    s0_t = phantom.value_table(s0 or {}, what="render_mr s0", defaults=DEFAULT_S0)
+    r2_t = phantom.value_table(r2star_per_s or {}, what="render_mr r2star_per_s",
+                               defaults=DEFAULT_R2STAR_PER_S)
     s0_map = _paint(phantom, s0_t, 1)
     r2_map = _paint(phantom, r2_t, 1)
     xp = get_array_module(s0_map)
@@ -613,7 +623,7 @@ def render_ct(phantom: Phantom, *, hu: Mapping[str, float] | None = None, noise_
     700.0
     """
     _check_phantom(phantom, "render_ct")
-    table = phantom.value_table({**DEFAULT_HU, **(hu or {})}, what="render_ct hu")
+    table = phantom.value_table(hu or {}, what="render_ct hu", defaults=DEFAULT_HU)
     xp = get_array_module(phantom.labels.data)
     clean = _paint(phantom, table, 1)
     clean = xp.where(phantom.labels.data == 0, -1000.0, clean)
