@@ -18,6 +18,7 @@ import sys
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
+from functools import cached_property
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -27,8 +28,9 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
-from ..errors import DicomError, GeometryError, InvivoWarning, MissingTagError, ParameterError
+from ..errors import DicomError, GeometryError, InvivoError, InvivoWarning, MissingTagError, ParameterError
 from ..volume import LPS_TO_RAS, Meta, Subject, Tracer, Volume
+from ._fastdcm import FastHeader, read_fast
 
 __all__ = ["scan", "load_dicom", "read_headers", "parse_datetime", "series_key"]
 
@@ -127,6 +129,13 @@ def read_headers(path: str | os.PathLike, *, pixels: bool = False) -> tuple[list
     files = _iter_files(path)
     datasets, skipped = [], []
     for f in _progress(files, len(files), "reading headers"):
+        ds = read_fast(f)
+        if ds is not None:
+            if ds.media_sop_class == _DICOMDIR_UID:
+                skipped.append(f)
+                continue
+            datasets.append(ds)
+            continue
         try:
             if pixels:
                 ds = pydicom.dcmread(f, defer_size="64 KB")
@@ -291,7 +300,7 @@ class _Frame:
     duration_s: float | None = None
     extra: dict = field(default_factory=dict)
 
-    @property
+    @cached_property
     def time_id(self) -> tuple:
         """What makes two images at one position and echo different acquisitions (not InstanceNumber)."""
         ds = self.ds
@@ -493,15 +502,16 @@ def _nm_frames(ds: Dataset) -> list[_Frame]:
 
 
 # ----------------------------------------------------------------------------- pixels
-def _pixels(ds: Dataset, cache: dict) -> np.ndarray:
+def _pixels(ds, cache: dict) -> np.ndarray:
     key = id(ds)
     if key not in cache:
         try:
-            arr = ds.pixel_array
+            arr = ds.pixels() if isinstance(ds, FastHeader) else ds.pixel_array
         except Exception as exc:  # truncated, unsupported compression, missing handler
             raise DicomError(f"{_fname(ds)}: pixel data cannot be decoded ({type(exc).__name__}: {exc}); "
                              "the file may be truncated or use a compression without an installed decoder") from None
-        cache.clear() if len(cache) > 8 else None
+        if len(cache) > 8:
+            cache.clear()
         cache[key] = arr
     return cache[key]
 
@@ -522,18 +532,21 @@ def _frame_pixels(fr: _Frame, cache: dict) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- assembly
 def _check_consistent(frames: list[_Frame]) -> None:
-    o0 = frames[0].orientation
-    for fr in frames[1:]:
-        if not np.allclose(fr.orientation, o0, atol=1e-4):
-            raise GeometryError(f"mixed orientations in one series: {frames[0].file} has ImageOrientationPatient "
-                                f"{np.round(o0, 4).tolist()} but {fr.file} has {np.round(fr.orientation, 4).tolist()}; "
-                                "load the orientations as separate series")
+    orient = np.array([fr.orientation for fr in frames])
+    bad = np.nonzero(np.abs(orient - orient[0]).max(axis=1) > 1e-4)[0]
+    if len(bad):
+        fr = frames[int(bad[0])]
+        raise GeometryError(f"mixed orientations in one series: {frames[0].file} has ImageOrientationPatient "
+                            f"{np.round(orient[0], 4).tolist()} but {fr.file} has {np.round(fr.orientation, 4).tolist()}; "
+                            "load the orientations as separate series")
     s0, sp0 = frames[0].shape, frames[0].spacing
-    for fr in frames[1:]:
-        if fr.shape != s0:
-            raise GeometryError(f"mixed image sizes in one series: {frames[0].file} is {s0}, {fr.file} is {fr.shape}")
-        if not np.allclose(fr.spacing, sp0, rtol=1e-4):
-            raise GeometryError(f"mixed PixelSpacing in one series: {frames[0].file} {sp0}, {fr.file} {fr.spacing}")
+    spacing = np.array([fr.spacing for fr in frames])
+    for i in np.nonzero([fr.shape != s0 for fr in frames])[0][:1]:
+        raise GeometryError(f"mixed image sizes in one series: {frames[0].file} is {s0}, {frames[i].file} is {frames[i].shape}")
+    bad = np.nonzero(np.abs(spacing / spacing[0] - 1.0).max(axis=1) > 1e-4)[0]
+    if len(bad):
+        fr = frames[int(bad[0])]
+        raise GeometryError(f"mixed PixelSpacing in one series: {frames[0].file} {sp0}, {fr.file} {fr.spacing}")
 
 
 def _echo_key(fr: _Frame):
@@ -545,9 +558,11 @@ def _echo_key(fr: _Frame):
 def _dedupe(frames_at_pos: list[_Frame], cache: dict) -> list[_Frame]:
     """Drop exact duplicates (same position, echo and time, identical pixels); differing ones are an error."""
     out: list[_Frame] = []
+    seen: dict = {}
     for fr in frames_at_pos:
-        dup = next((o for o in out if o.time_id == fr.time_id), None)
+        dup = seen.get(fr.time_id)
         if dup is None:
+            seen[fr.time_id] = fr
             out.append(fr)
             continue
         a, b = _frame_pixels(dup, cache), _frame_pixels(fr, cache)
@@ -761,11 +776,20 @@ def _load_series(dss: list[Dataset], *, echo, dtype, uneven, allow_tilt, n_skipp
     f0 = stack[0][0]
     rows, cols = f0.shape
     nk, nt = len(gpos), len(stack)
-    data = np.empty((cols, rows, nk, nt), dtype=np.float64)
+    # fill slice by slice in (t, k, rows, cols) order so every write is contiguous; the transpose
+    # below is a view, F-ordered (i fastest) like NIfTI.  Rescale is computed in float64 per slice.
+    out_dtype = np.dtype(dtype)
+    buf = np.empty((nt, nk, rows, cols), dtype=out_dtype if target is None else np.float64)
     for t, col in enumerate(stack):
         for k, fr in enumerate(col):
             px = _frame_pixels(fr, cache)
-            data[:, :, k, t] = px.T.astype(np.float64) * fr.slope + fr.intercept
+            if fr.slope == 1.0 and fr.intercept == 0.0:
+                buf[t, k] = px
+            else:  # float32 output is computed in float32 (within 1.5 ulp), float64 exactly
+                np.multiply(px, buf.dtype.type(fr.slope), out=buf[t, k], casting="unsafe")
+                if fr.intercept != 0.0:
+                    buf[t, k] += buf.dtype.type(fr.intercept)
+    data = buf.transpose(3, 2, 1, 0)
     affine = np.eye(4)
     affine[:3, 0] = row_dir * f0.spacing[1]
     affine[:3, 1] = col_dir * f0.spacing[0]
@@ -793,7 +817,7 @@ def _load_series(dss: list[Dataset], *, echo, dtype, uneven, allow_tilt, n_skipp
     meta.source.update({"files": len(dss), "skipped_non_dicom": n_skipped,
                         "sop_instance_uids_sha256": hashlib.sha256("\n".join(uids).encode()).hexdigest(),
                         "folder": os.path.commonpath([str(Path(_fname(d)).parent) for d in dss])})
-    return Volume(data.astype(dtype, copy=False), affine, meta)
+    return Volume(data.astype(out_dtype, copy=False), affine, meta)
 
 
 def _subject(ds: Dataset) -> Subject:
@@ -907,24 +931,37 @@ def _pet_quant(meta: Meta, stack: list[list[_Frame]]) -> None:
         return
     nk, nt = len(stack[0]), len(stack)
     flat = [fr for col in stack for fr in col]
-    dss = [fr.ds for fr in flat]
+    # The QIBA rules read only header content; files whose content (bar per-slice bookkeeping such as
+    # position and rescale) is identical get identical factors, so compute once per distinct content.
+    groups: dict = {}
+    index = []
+    for fr in flat:
+        key = fr.ds.content_key() if isinstance(fr.ds, FastHeader) else id(fr.ds)
+        index.append(groups.setdefault(key, len(groups)))
+    reps = [None] * len(groups)
+    for fr, g in zip(flat, index):
+        if reps[g] is None:
+            reps[g] = fr.ds.full() if isinstance(fr.ds, FastHeader) else fr.ds
+    index = np.asarray(index)
+    dss = reps
+
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ref = np.asarray(uptake.reference_activity_bq(dss), dtype=np.float64)
-        meta.reference_activity_bq = ref.reshape(nt, nk).T.copy()
+        meta.reference_activity_bq = ref[index].reshape(nt, nk).T.copy()
         for w in caught:
             _note(meta, str(w.message))
-    except Exception as exc:  # InvivoError explains what is missing; %ID is then unavailable
+    except InvivoError as exc:  # explains what is missing; %ID is then unavailable
         meta.extra["percent_id_unavailable"] = str(exc)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             f = np.asarray(uptake.suv_scale_factors(dss, kind="bw"), dtype=np.float64)
-        meta.suv_bw_factor = f.reshape(nt, nk).T.copy()
+        meta.suv_bw_factor = f[index].reshape(nt, nk).T.copy()
         for w in caught:
             _note(meta, str(w.message))
-    except Exception as exc:
+    except InvivoError as exc:
         meta.suv_unavailable = str(exc)
 
 
