@@ -213,3 +213,31 @@ def test_missing_geometry_tag(dro_copy):
 def test_unknown_series_selector():
     with pytest.raises(ParameterError, match="series='nope' matches 0 series"):
         invivo.load(data_path("siemens_megre"), series="nope")
+
+
+def test_fast_reader_groups_files_by_content(dro_copy):
+    """The QIBA factors are computed once per distinct header content, not once per file."""
+    from invivo.io._fastdcm import read_fast
+
+    a, b = (read_fast(p) for p in sorted(dro_copy.iterdir())[:2])
+    assert a is not None and a.values["SOPInstanceUID"] != b.values["SOPInstanceUID"]
+    assert a.content_key() == b.content_key()
+    assert a.values["ImagePositionPatient"] != b.values["ImagePositionPatient"]
+
+
+def test_fast_reader_agrees_with_pydicom():
+    from invivo.io._fastdcm import FAST_KEYWORDS, read_fast
+
+    for f in [data_path("dcm_qa_me", "In", "4_me_fMRI", "0001.dcm"), data_path("siemens_megre", "phase", "00001.dcm"),
+              *sorted(data_path("ibsi_suv_dro", "DRO_2_4", "PT").iterdir())[:2]]:
+        fast, ref = read_fast(f), pydicom.dcmread(f)
+        assert fast is not None
+        for kw in FAST_KEYWORDS:
+            v, r = fast.get(kw), ref.get(kw)
+            if r is None or r == "":
+                assert v is None, kw
+            elif isinstance(v, list):
+                assert [type(x)(y) for x, y in zip(v, r)] == v, kw
+            else:
+                assert v == type(v)(r), kw
+        np.testing.assert_array_equal(fast.pixels(), ref.pixel_array)

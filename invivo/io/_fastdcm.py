@@ -142,7 +142,7 @@ class FastHeader:
     """Header values of one DICOM file, read without pydicom; ``get`` mimics ``pydicom.Dataset.get``."""
 
     __slots__ = ("filename", "values", "elems", "header", "pixel_offset", "pixel_length", "pixel_bytes",
-                 "transfer_syntax", "media_sop_class", "_full", "_tags")
+                 "transfer_syntax", "media_sop_class", "_full", "_tags", "per_slice")
 
     def __init__(self, filename):
         self.filename = str(filename)
@@ -151,6 +151,7 @@ class FastHeader:
         self.header = b""
         self.pixel_bytes = None
         self._tags: set = set()  # which of _PRESENCE occur
+        self.per_slice: list = []  # (element start, value end) of the _PER_SLICE elements
         self.pixel_offset = None
         self.pixel_length = None
         self.transfer_syntax = None
@@ -198,10 +199,15 @@ class FastHeader:
             self._full = pydicom.dcmread(self.filename, stop_before_pixels=True)
         return self._full
 
-    def content_key(self) -> tuple:
-        """Raw bytes of every top-level element that is not per-slice bookkeeping (groups files by content)."""
+    def content_key(self) -> bytes:
+        """The header bytes without the per-slice bookkeeping elements (groups files by content)."""
         h = self.header
-        return tuple((t, h[a:b]) for t, a, b in self.elems if t not in _PER_SLICE)
+        parts, prev = [], 0
+        for a, b in self.per_slice:
+            parts.append(h[prev:a])
+            prev = b
+        parts.append(h[prev:])
+        return b"".join(parts)
 
     def pixels(self) -> np.ndarray:
         """The stored pixel values, shape (rows, cols) or (frames, rows, cols)."""
@@ -261,6 +267,7 @@ def read_fast(path: str | Path) -> FastHeader | None:
             if hdr.transfer_syntax not in (_EXPLICIT_LE, _IMPLICIT_LE):
                 return None
             explicit = hdr.transfer_syntax == _EXPLICIT_LE
+            hdr.per_slice.append((0, pos))  # preamble and file meta (MediaStorageSOPInstanceUID) are per file
             elems = hdr.elems
             values = hdr.values
             fast = _FAST_TAGS
@@ -315,6 +322,8 @@ def read_fast(path: str | Path) -> FastHeader | None:
                 elems.append((tag, vstart, end))
                 if tag in _PRESENCE:
                     hdr._tags.add(tag)
+                elif tag in _PER_SLICE:
+                    hdr.per_slice.append((pos, end))
                 spec = fast.get(tag)
                 if spec is not None:
                     values[spec[0]] = _converted(tag, vr, buf[vstart:end])
