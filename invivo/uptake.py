@@ -59,7 +59,7 @@ import numpy as np
 
 from . import isotopes
 from .backend import float_dtype, get_array_module
-from .errors import DicomError, InvivoWarning, MissingTagError, ParameterError, UnitsError
+from .errors import DicomError, InvivoError, InvivoWarning, MissingTagError, ParameterError, UnitsError
 from .volume import Meta, Subject, Tracer, Volume
 
 __all__ = [
@@ -1003,9 +1003,14 @@ def _stored_kind_of_meta(meta: Meta, u: str) -> str:
     return {"SUVBW": "bw", "SUVBSA": "bsa", "SUVIBW": "ibw"}[u]
 
 
-def _unavailable(reason: str) -> Exception:
-    cls = MissingTagError if re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", reason) else UnitsError
-    return cls(f"SUV is unavailable for this volume: {reason}")
+def _unavailable(reason: str, error: str | None = None, what: str = "SUV") -> Exception:
+    """The error recorded at load time, re-raised with its original class when known."""
+    from . import errors
+
+    cls = getattr(errors, error, None) if error else None
+    if not (isinstance(cls, type) and issubclass(cls, errors.InvivoError)):
+        cls = MissingTagError if re.search(r"\([0-9A-Fa-f]{4},[0-9A-Fa-f]{4}\)", reason) else UnitsError
+    return cls(f"{what} is unavailable for this volume: {reason}")
 
 
 def _norm_of_meta(meta: Meta, kind: str, notes: _Notes) -> float:
@@ -1025,7 +1030,7 @@ def _bw_route(meta: Meta, k: int, t: int, notes: _Notes) -> tuple[np.ndarray, st
     if u in _STORED_SUV_UNITS:
         return np.ones((k, t)), _stored_kind_of_meta(meta, u), f"stored {meta.units}"
     if meta.suv_unavailable:
-        raise _unavailable(meta.suv_unavailable)
+        raise _unavailable(meta.suv_unavailable, meta.extra.get("suv_unavailable_error"))
     if u in _ACTIVITY_UNITS:
         if meta.reference_activity_bq is not None:
             ref, src = _as_kt(meta.reference_activity_bq, "reference_activity_bq", k, t), "meta.reference_activity_bq"
@@ -1169,8 +1174,11 @@ def percent_id(volume: Volume, *, per: str = "g", density_g_per_ml: float = 1.0)
             try:
                 ref = _reference_activity_from_meta(meta, k, t)
                 g, source = _ACTIVITY_UNITS[u] / ref, "metadata (tracer, timing)"
-            except ParameterError:
+            except InvivoError as exc:
                 if meta.suv_bw_factor is None:
+                    reason = meta.extra.get("percent_id_unavailable")
+                    if reason:  # the header problem found at load time says more than the metadata does
+                        raise _unavailable(reason, meta.extra.get("percent_id_unavailable_error"), "%ID") from exc
                     raise
                 g = _as_kt(meta.suv_bw_factor, "suv_bw_factor", k, t) / _norm_of_meta(meta, "bw", notes)
                 source = "meta.suv_bw_factor / weight"
@@ -1182,7 +1190,7 @@ def percent_id(volume: Volume, *, per: str = "g", density_g_per_ml: float = 1.0)
         g = _as_kt(meta.suv_bw_factor, "suv_bw_factor", k, t) / _norm_of_meta(meta, "bw", notes)
         source = "meta.suv_bw_factor / weight"
     elif meta.suv_unavailable:
-        raise _unavailable(meta.suv_unavailable)
+        raise _unavailable(meta.suv_unavailable, meta.extra.get("suv_unavailable_error"), "%ID")
     else:
         raise UnitsError(f"units {meta.units!r} cannot be converted to %ID: needs activity concentration (BQML), "
                          "stored SUV (GML, CM2ML) or meta.suv_bw_factor")

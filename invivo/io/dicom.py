@@ -979,6 +979,7 @@ def _pet_quant(meta: Meta, stack: list[list[_Frame]]) -> None:
             _note(meta, str(w.message))
     except InvivoError as exc:  # explains what is missing; %ID is then unavailable
         meta.extra["percent_id_unavailable"] = str(exc)
+        meta.extra["percent_id_unavailable_error"] = type(exc).__name__
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -988,6 +989,7 @@ def _pet_quant(meta: Meta, stack: list[list[_Frame]]) -> None:
             _note(meta, str(w.message))
     except InvivoError as exc:
         meta.suv_unavailable = str(exc)
+        meta.extra["suv_unavailable_error"] = type(exc).__name__
 
 
 def _note(meta: Meta, msg: str) -> None:
