@@ -970,6 +970,20 @@ def _pet_quant(meta: Meta, stack: list[list[_Frame]]) -> None:
     index = np.asarray(index)
     dss = reps
 
+    multiframe_times = {fr.acq_datetime for fr in flat if fr.index is not None}
+    if len(multiframe_times) > 1 and str(flat[0].ds.get("DecayCorrection", "")).upper() == "NONE":
+        reason = ("multi-frame PET with DecayCorrection (0054,1102) NONE: per-frame decay references are not "
+                  "supported yet; export the series as single-frame images")
+        meta.suv_unavailable = meta.extra["percent_id_unavailable"] = reason
+        return
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            refs = uptake.decay_reference_datetimes(dss)
+        distinct = sorted({r.isoformat() for r in refs})
+        meta.extra["decay_reference"] = distinct[0] if len(distinct) == 1 else [refs[g].isoformat() for g in index]
+    except InvivoError:
+        pass  # the same problem is reported below, with what it makes unavailable
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
