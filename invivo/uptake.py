@@ -421,6 +421,46 @@ def _injection(item, scan_start: datetime | None, half_life_s: float, notes: _No
     return inj
 
 
+def _start_reference(datasets, acq: list, notes: _Notes) -> datetime:
+    """The scan start (QIBA): SeriesDate/Time, unless it is after the earliest acquisition; then GE's
+    private post-injection datetime (0009,100D) when present, else the earliest acquisition."""
+    series = _series_datetime(datasets[0])
+    acq = [t for t in acq if t is not None]
+    earliest = min(acq) if acq else None
+    if series is not None and (earliest is None or series <= earliest):
+        return series
+    if series is None and earliest is None:
+        raise MissingTagError(f"{_T_SERIES} and {_T_ACQ} are missing: the decay reference (series start) is unknown")
+    for ds in datasets:
+        ge = _parse_dt(_text(_private_value(ds, 0x0009, 0x0D, _GE_PET_CREATORS)))
+        if ge is not None:
+            return ge
+    if series is None:
+        notes.add(f"{_T_SERIES} is missing: decay reference (START) taken as the earliest acquisition "
+                  f"{earliest.isoformat()}")
+    else:
+        notes.add(f"SeriesTime {series.isoformat()} is after the earliest AcquisitionTime {earliest.isoformat()} "
+                  "(a post-processed series?): decay reference (START) taken as the earliest acquisition")
+    return earliest  # type: ignore[return-value]
+
+
+def scan_start_datetime(datasets, *, assumptions: list | None = None) -> datetime:
+    """When the scan of a PET/SPECT series started, by the QIBA rules (the START decay reference).
+
+    Parameters
+    ----------
+    datasets : sequence of pydicom.Dataset
+        All datasets of one series (or one representative per distinct acquisition time).
+    assumptions : list, optional
+        Assumptions made are appended here (and warned).
+    """
+    notes = _Notes()
+    dss = _as_list(datasets)
+    out = _start_reference(dss, [_acquisition_datetime(ds, notes) for ds in dss], notes)
+    _emit(notes, assumptions)
+    return out
+
+
 class _SeriesTiming:
     """Everything time-related for a series of datasets, computed once."""
 
@@ -458,25 +498,7 @@ class _SeriesTiming:
                 raise MissingTagError(f"{_T_DC} is NONE but {_T_ACQ} is missing in {len(missing)} of {n} datasets: "
                                       "the time each image was acquired is unknown")
             return list(self.acq)  # type: ignore[arg-type]
-        # START
-        series = _series_datetime(self.datasets[0])
-        acq = [t for t in self.acq if t is not None]
-        earliest = min(acq) if acq else None
-        if series is not None and (earliest is None or series <= earliest):
-            return [series] * n
-        if series is None and earliest is None:
-            raise MissingTagError(f"{_T_SERIES} and {_T_ACQ} are missing: the decay reference (series start) is unknown")
-        for ds in self.datasets:
-            ge = _parse_dt(_text(_private_value(ds, 0x0009, 0x0D, _GE_PET_CREATORS)))
-            if ge is not None:
-                return [ge] * n
-        if series is None:
-            notes.add(f"{_T_SERIES} is missing: decay reference (START) taken as the earliest acquisition "
-                      f"{earliest.isoformat()}")
-        else:
-            notes.add(f"SeriesTime {series.isoformat()} is after the earliest AcquisitionTime {earliest.isoformat()} "
-                      "(a post-processed series?): decay reference (START) taken as the earliest acquisition")
-        return [earliest] * n  # type: ignore[list-item]
+        return [_start_reference(self.datasets, self.acq, notes)] * n
 
     def reference_activity(self) -> np.ndarray:
         dt = np.array([(r - self.injection).total_seconds() for r in self.references], dtype=np.float64)
@@ -653,8 +675,9 @@ def injection_datetime(ds, *, assumptions: list | None = None) -> datetime:
 
     Parameters
     ----------
-    ds : pydicom.Dataset
-        One dataset of a PET/SPECT series.
+    ds : pydicom.Dataset or sequence of them
+        One dataset of a PET/SPECT series, or several (the scan start is then the
+        earliest of their series and acquisition times).
     assumptions : list, optional
         Assumptions made are appended here (and warned).
 
@@ -664,9 +687,10 @@ def injection_datetime(ds, *, assumptions: list | None = None) -> datetime:
         Local clock time, naive (a DT UTC offset is dropped).
     """
     notes = _Notes()
-    item = _rp_item(ds)
+    dss = _as_list(ds)
+    item = _rp_item(dss[0])
     hl = _half_life_s(item, notes)
-    out = _injection(item, _scan_start([ds]), hl, notes)
+    out = _injection(item, _scan_start(dss), hl, notes)
     _emit(notes, assumptions)
     return out
 

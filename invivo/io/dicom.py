@@ -908,68 +908,113 @@ def _meta_for(modality: str, stack: list[list[_Frame]], vols, multi_echo: bool, 
         meta.extra["corrected_image"] = [str(x) for x in (ds.get("CorrectedImage") or [])]
     elif modality == "CT":
         meta.units = "HU"
+    reps = index = None
+    if modality in ("PT", "NM") and meta.tracer is not None:
+        reps, index = _representatives([fr for col in stack for fr in col])
+        _pet_timing(meta, reps)
     if len(stack) > 1 and not multi_echo or modality in ("PT",):
         _frame_timing(meta, stack)
-    if modality in ("PT", "NM"):
-        _pet_quant(meta, stack)
+    if reps is not None:
+        _pet_quant(meta, stack, reps, index)
+    elif modality in ("PT", "NM"):
+        reason = f"{_fname(ds)}: no (0054,0016) RadiopharmaceuticalInformationSequence: the injected activity and time are unknown"
+        meta.suv_unavailable = meta.extra["percent_id_unavailable"] = reason
+        meta.extra["suv_unavailable_error"] = meta.extra["percent_id_unavailable_error"] = "MissingTagError"
     return meta
 
 
 def _frame_timing(meta: Meta, stack: list[list[_Frame]]) -> None:
+    """Frame starts (s from ``meta.series_datetime``) and durations, from acquisition times, else from
+    FrameReferenceTime - ActualFrameDuration / 2."""
     ref = meta.series_datetime
-    starts, durs = [], []
+    if ref is None:
+        acq_all = [fr.acq_datetime for col in stack for fr in col if fr.acq_datetime is not None]
+        if acq_all:
+            ref = meta.series_datetime = min(acq_all)
+    from_acq, from_frt, durs = [], [], []
     for col in stack:
         acq = [fr.acq_datetime for fr in col if fr.acq_datetime is not None]
-        start = min(acq) if acq else None
         dur = next((fr.duration_s for fr in col if fr.duration_s), None)
         frt = _float(col[0].ds, "FrameReferenceTime")
-        if start is not None and ref is not None:
-            s = (start - ref).total_seconds()
-        elif frt is not None and dur is not None:
-            s = frt / 1000.0 - dur / 2.0
-        else:
-            s = None
-        starts.append(s)
+        from_acq.append((min(acq) - ref).total_seconds() if acq and ref is not None else None)
+        from_frt.append(frt / 1000.0 - dur / 2.0 if frt is not None and dur is not None else None)
         durs.append(dur)
-    if all(s is not None for s in starts):
-        if ref is None:
-            meta.series_datetime = min(fr.acq_datetime for col in stack for fr in col if fr.acq_datetime)
-        meta.frame_start_s = tuple(float(s) for s in starts)
-    if all(d is not None for d in durs):
+
+    def complete(v):
+        return all(x is not None for x in v)
+
+    def increasing(v):
+        return len(v) == 1 or bool(np.all(np.diff(v) > 0))
+
+    if complete(from_acq) and increasing(from_acq):
+        meta.frame_start_s = tuple(float(x) for x in from_acq)
+    elif complete(from_frt) and increasing(from_frt):
+        meta.frame_start_s = tuple(float(x) for x in from_frt)
+        if len(stack) > 1:
+            meta.assumptions.append("acquisition times do not distinguish the frames: frame starts taken as "
+                                    "FrameReferenceTime - ActualFrameDuration / 2")
+    elif complete(from_acq) or complete(from_frt):
+        shown = from_acq if complete(from_acq) else from_frt
+        raise DicomError(f"{stack[0][0].file}: frame start times are not increasing ({shown} s); "
+                         "the frame timing tags (AcquisitionTime, FrameReferenceTime) are inconsistent")
+    if complete(durs):
         meta.frame_duration_s = tuple(float(d) for d in durs)
-    elif meta.frame_start_s is not None and len(starts) > 1:
+    elif meta.frame_start_s is not None and len(stack) > 1:
         gaps = np.diff(meta.frame_start_s)
         meta.frame_duration_s = tuple(float(x) for x in np.append(gaps, gaps[-1]))
         meta.assumptions.append("frame durations not stored (ActualFrameDuration); taken as the gap to the next frame")
-    if meta.frame_start_s is not None and len(meta.frame_start_s) > 1:
-        s = np.asarray(meta.frame_start_s)
-        if np.any(np.diff(s) <= 0):
-            raise DicomError(f"{stack[0][0].file}: frame start times are not increasing ({s.tolist()} s); "
-                             "the frame timing tags (AcquisitionTime, FrameReferenceTime) are inconsistent")
 
 
-def _pet_quant(meta: Meta, stack: list[list[_Frame]]) -> None:
-    """Per-slice/frame SUV factors and reference activity, from the QIBA rules in invivo.uptake."""
-    try:
-        from .. import uptake
-    except ImportError:  # pragma: no cover - during development only
-        return
-    nk, nt = len(stack[0]), len(stack)
-    flat = [fr for col in stack for fr in col]
-    # The QIBA rules read only header content; files whose content (bar per-slice bookkeeping such as
-    # position and rescale) is identical get identical factors, so compute once per distinct content.
+def _representatives(flat: list[_Frame]):
+    """One pydicom Dataset per distinct header content, and the index of each frame's representative.
+
+    The QIBA rules read only header content; files whose content (bar per-slice bookkeeping such as
+    position and rescale) is identical get identical factors, so they are computed once per content.
+    """
     groups: dict = {}
     index = []
     for fr in flat:
         key = fr.ds.content_key() if isinstance(fr.ds, FastHeader) else id(fr.ds)
         index.append(groups.setdefault(key, len(groups)))
-    reps = [None] * len(groups)
+    reps: list = [None] * len(groups)
     for fr, g in zip(flat, index):
         if reps[g] is None:
             reps[g] = fr.ds.full() if isinstance(fr.ds, FastHeader) else fr.ds
-    index = np.asarray(index)
-    dss = reps
+    return reps, np.asarray(index)
 
+
+def _qiba(meta: Meta, fn, *args, **kwargs):
+    """Call an invivo.uptake function; its assumptions go to ``meta`` (warned once each)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = fn(*args, **kwargs)
+    for w in caught:
+        _note(meta, str(w.message))
+    return out
+
+
+def _pet_timing(meta: Meta, reps: list) -> None:
+    """Scan start and injection datetime by the QIBA rules (injection before midnight, SeriesTime
+    after the first acquisition, GE's private datetime), so metadata and sidecars agree with the factors."""
+    from .. import uptake
+
+    try:
+        meta.series_datetime = _qiba(meta, uptake.scan_start_datetime, reps)
+    except InvivoError:
+        pass  # the SeriesDate/Time as stored; the reason surfaces when SUV or %ID is asked for
+    if meta.tracer is not None:
+        try:
+            meta.tracer.injection_datetime = _qiba(meta, uptake.injection_datetime, reps)
+        except InvivoError:
+            pass
+
+
+def _pet_quant(meta: Meta, stack: list[list[_Frame]], reps: list, index: np.ndarray) -> None:
+    """Per-slice/frame SUV factors and reference activity, from the QIBA rules in invivo.uptake."""
+    from .. import uptake
+
+    nk, nt = len(stack[0]), len(stack)
+    flat = [fr for col in stack for fr in col]
     multiframe_times = {fr.acq_datetime for fr in flat if fr.index is not None}
     if len(multiframe_times) > 1 and str(flat[0].ds.get("DecayCorrection", "")).upper() == "NONE":
         reason = ("multi-frame PET with DecayCorrection (0054,1102) NONE: per-frame decay references are not "
@@ -977,30 +1022,20 @@ def _pet_quant(meta: Meta, stack: list[list[_Frame]]) -> None:
         meta.suv_unavailable = meta.extra["percent_id_unavailable"] = reason
         return
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            refs = uptake.decay_reference_datetimes(dss)
+        refs = _qiba(meta, uptake.decay_reference_datetimes, reps)
         distinct = sorted({r.isoformat() for r in refs})
         meta.extra["decay_reference"] = distinct[0] if len(distinct) == 1 else [refs[g].isoformat() for g in index]
     except InvivoError:
         pass  # the same problem is reported below, with what it makes unavailable
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            ref = np.asarray(uptake.reference_activity_bq(dss), dtype=np.float64)
+        ref = np.asarray(_qiba(meta, uptake.reference_activity_bq, reps), dtype=np.float64)
         meta.reference_activity_bq = ref[index].reshape(nt, nk).T.copy()
-        for w in caught:
-            _note(meta, str(w.message))
     except InvivoError as exc:  # explains what is missing; %ID is then unavailable
         meta.extra["percent_id_unavailable"] = str(exc)
         meta.extra["percent_id_unavailable_error"] = type(exc).__name__
     try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            f = np.asarray(uptake.suv_scale_factors(dss, kind="bw"), dtype=np.float64)
+        f = np.asarray(_qiba(meta, uptake.suv_scale_factors, reps, kind="bw"), dtype=np.float64)
         meta.suv_bw_factor = f[index].reshape(nt, nk).T.copy()
-        for w in caught:
-            _note(meta, str(w.message))
     except InvivoError as exc:
         meta.suv_unavailable = str(exc)
         meta.extra["suv_unavailable_error"] = type(exc).__name__
