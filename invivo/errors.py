@@ -14,6 +14,7 @@ __all__ = [
     "GeometryError",
     "UnitsError",
     "ParameterError",
+    "OutputError",
     "OutputExistsError",
     "InvivoWarning",
 ]
@@ -46,7 +47,11 @@ class ParameterError(InvivoError, ValueError):
     """A parameter value is impossible or out of range."""
 
 
-class OutputExistsError(InvivoError):
+class OutputError(InvivoError):
+    """An output cannot be written (permissions, a file where a folder should be, a full disk)."""
+
+
+class OutputExistsError(OutputError):
     """An output already exists and ``overwrite`` was not requested."""
 
 

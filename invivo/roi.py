@@ -306,10 +306,10 @@ def stats(volume: Volume, mask, *, peak_volume_ml: float | None = None,
     four_d = volume.data.ndim == 4
     frames = volume.data if four_d else volume.data[..., None]
     values = frames[m]  # (n, T)
-    n_nan = int(xp.isnan(values).sum())  # host: scalar count
+    n_nan = int((~xp.isfinite(values)).sum())  # host: scalar count
     if n_nan:
         raise ParameterError(
-            f"stats: the image has {n_nan} NaN value(s) inside the mask ({n} voxels"
+            f"stats: the image has {n_nan} NaN or infinite value(s) inside the mask ({n} voxels"
             f"{f' x {frames.shape[-1]} frames' if four_d else ''}): mask them out or fill them first"
         )
     values = values.astype(np.float64)

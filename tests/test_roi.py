@@ -167,7 +167,7 @@ def test_bad_input(xp):
     data = img.numpy().copy()
     c = np.argwhere(inside)[:2]
     data[tuple(c.T)] = np.nan
-    with pytest.raises(ParameterError, match="2 NaN value"):
+    with pytest.raises(ParameterError, match="2 NaN or infinite value"):
         stats(img.with_data(xp.asarray(data)), mask)
     with pytest.raises(ParameterError, match="not both"):
         stats(img, mask, peak_radius_mm=1.0, peak_volume_ml=0.001)

@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     except InvivoError as exc:
         print(f"invivo {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a file system refusal is the user's to fix, not a bug
+        print(f"invivo {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("invivo: interrupted", file=sys.stderr)
         return 130

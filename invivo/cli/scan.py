@@ -32,5 +32,7 @@ def run(args) -> int:
     cols = ["subject_id", "study_date", "modality", "series_number", "description", "n_files", "n_slices",
             "n_frames", "n_echoes", "isotope", "units", "flavour"]
     print(df[cols].to_string(index=True))
+    for i, err in (df["error"].dropna().items() if "error" in df else ()):
+        print(f"[{i}] unreadable series: {err}")
     print(f"{len(df)} series; {df.attrs['skipped_files']} non-DICOM files skipped")
     return 0

@@ -11,19 +11,17 @@ def add_arguments(p):
     p.add_argument("--out", required=True, help="output .nii.gz")
     p.add_argument("--unit", default="suvbw", choices=UNITS,
                    help="suvbw (default), suvlbm, suvbsa, suvibw, idg (%%ID/g), idcc (%%ID/cc)")
-    p.add_argument("--series", default=None, help="series index, UID, number or description when PATH holds several")
+    sel = p.add_mutually_exclusive_group()
+    sel.add_argument("--series", default=None,
+                     help="SeriesInstanceUID, SeriesNumber or SeriesDescription when PATH holds several series")
+    sel.add_argument("--series-index", type=int, default=None, help="row number of `invivo scan PATH`")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
 def run(args) -> int:
     from ..uptake import write_uptake
 
-    out = write_uptake(args.path, args.out, unit=args.unit, series=_series(args.series), overwrite=args.overwrite)
+    series = args.series_index if args.series_index is not None else args.series
+    out = write_uptake(args.path, args.out, unit=args.unit, series=series, overwrite=args.overwrite)
     print(out)
     return 0
-
-
-def _series(s):
-    if s is None:
-        return None
-    return int(s) if s.isdigit() and len(s) < 4 else s

@@ -196,8 +196,25 @@ class FastHeader:
     def full(self) -> pydicom.Dataset:
         """The whole header parsed by pydicom (cached)."""
         if self._full is None:
-            self._full = pydicom.dcmread(self.filename, stop_before_pixels=True)
+            try:
+                ds = pydicom.dcmread(self.filename, stop_before_pixels=True)
+                ds.get("RadiopharmaceuticalInformationSequence")  # force parsing of the usual suspects now
+            except Exception as exc:  # pydicom raises many kinds on a corrupt file
+                from ..errors import DicomError
+
+                raise DicomError(f"{self.filename}: header cannot be parsed ({type(exc).__name__}: {exc}); "
+                                 "fix or remove the file") from None
+            self._full = ds
         return self._full
+
+    def charset(self) -> str:
+        """SpecificCharacterSet (0008,0005) as stored ('' when absent); text here is decoded as Latin-1."""
+        for t, a, b in self.elems:
+            if t == 0x00080005:
+                return self.header[a:b].decode("latin-1").strip("\x00 ")
+            if t > 0x00080005:
+                break
+        return ""
 
     def content_key(self) -> bytes:
         """The header bytes without the per-slice bookkeeping elements (groups files by content)."""
@@ -331,6 +348,9 @@ def read_fast(path: str | Path) -> FastHeader | None:
             hdr.header = buf[:pos]
     except (OSError, struct.error, ValueError, UnicodeDecodeError):
         return None
+    if not {c.strip() for c in hdr.charset().split("\\")} <= {"", "ISO_IR 6", "ISO_IR 100", "ISO 2022 IR 6",
+                                                              "ISO 2022 IR 100"}:
+        return None  # text in other character sets is decoded by pydicom
     if "Rows" in values and hdr.pixel_offset is not None:
         bits, stored = values.get("BitsAllocated"), values.get("BitsStored")
         if bits not in (8, 16, 32) or (values.get("PixelRepresentation") and stored != bits) \

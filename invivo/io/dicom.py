@@ -141,7 +141,8 @@ def read_headers(path: str | os.PathLike, *, pixels: bool = False) -> tuple[list
                 ds = pydicom.dcmread(f, defer_size="64 KB")
             else:
                 ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except (InvalidDicomError, EOFError, OSError, struct.error, ValueError, TypeError, KeyError, AttributeError):
+        except (InvalidDicomError, EOFError, OSError, struct.error, ValueError, TypeError, KeyError, AttributeError,
+                NotImplementedError):
             skipped.append(f)
             continue
         sop = str(getattr(ds.get("file_meta", Dataset()), "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
@@ -183,6 +184,28 @@ def _group(datasets: Iterable[Dataset]) -> dict[tuple[str, str], list[Dataset]]:
     return groups
 
 
+def _ordered_keys(groups: dict) -> list:
+    """Series in the order of :func:`scan`'s rows (subject, study date, series number, modality, UID, flavour).
+
+    ``scan(...)`` row ``i`` and ``load(..., series=i)`` refer to the same series because both use this.
+    """
+    def key(k):
+        ds = groups[k][0]
+        num = ds.get("SeriesNumber")
+        try:
+            num = int(num)
+        except (TypeError, ValueError):
+            num = None
+        return (str(ds.get("PatientID", "") or "\uffff"), str(ds.get("StudyDate", "") or "\uffff"),
+                (0, num) if num is not None else (1, 0), str(ds.get("Modality", "")), k[0], k[1])
+
+    return sorted(groups, key=key)
+
+
+def _is_image_series(dss) -> bool:
+    return str(dss[0].get("Modality", "")) not in _NON_IMAGE_MODALITIES and "PixelData" in dss[0]
+
+
 def _tracer_summary(ds: Dataset) -> tuple[str | None, str | None]:
     from .. import isotopes
 
@@ -196,6 +219,17 @@ def _tracer_summary(ds: Dataset) -> tuple[str | None, str | None]:
     value = code[0].get("CodeValue") if code else None
     iso = isotopes.find(meaning, value, rp)
     return (str(rp) if rp else None), (iso.name if iso else (str(meaning) if meaning else None))
+
+
+def _summary_row(key, dss: list[Dataset]) -> dict:
+    """A scan row; a series whose headers cannot be summarised is listed with the reason, not fatal."""
+    try:
+        return _summarise(key, dss)
+    except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError, InvivoError) as exc:
+        ds = dss[0]
+        return {"subject_id": str(ds.get("PatientID", "")) or None, "modality": str(ds.get("Modality", "")) or None,
+                "n_files": len(dss), "series_uid": key[0], "flavour": key[1],
+                "folder": str(Path(_fname(ds)).parent), "error": f"{_fname(ds)}: {type(exc).__name__}: {exc}"}
 
 
 def _summarise(key, dss: list[Dataset]) -> dict:
@@ -268,14 +302,14 @@ def scan(path: str | os.PathLike):
     import pandas as pd
 
     datasets, skipped = read_headers(path)
-    rows = [_summarise(k, v) for k, v in _group(datasets).items()]
+    groups = _group(datasets)
+    rows = [_summary_row(k, groups[k]) for k in _ordered_keys(groups)]
     cols = ["subject_id", "study_date", "modality", "description", "series_number", "image_type", "n_files",
             "n_slices", "n_frames", "n_echoes", "radiopharmaceutical", "isotope", "units", "rows", "columns",
             "study_uid", "series_uid", "flavour", "folder"]
-    df = pd.DataFrame(rows, columns=cols)
-    if len(df):
-        df = df.sort_values(["subject_id", "study_date", "series_number", "modality", "series_uid", "flavour"],
-                            na_position="last", kind="stable").reset_index(drop=True)
+    df = pd.DataFrame(rows, columns=cols + ["error"])
+    if not df["error"].notna().any():
+        df = df.drop(columns="error")
     df.attrs["skipped_files"] = len(skipped)
     df.attrs["path"] = str(path)
     return df
@@ -493,6 +527,12 @@ def _nm_frames(ds: Dataset) -> list[_Frame]:
     step = _float(ds, "SpacingBetweenSlices") or _float(ds, "SliceThickness")
     if n > 1 and not step:
         raise MissingTagError(f"{_fname(ds)}: NM multi-frame without (0018,0088) SpacingBetweenSlices or SliceThickness")
+    fip = ds.get("FrameIncrementPointer")
+    pointers = [fip] if fip is not None and not isinstance(fip, (list, tuple)) and not hasattr(fip, "__len__") else list(fip or [])
+    names = [pydicom.datadict.keyword_for_tag(int(t)) for t in pointers]
+    if n > 1 and names and names != ["SliceVector"]:
+        raise DicomError(f"{_fname(ds)}: NM frames vary by {', '.join(names)} (FrameIncrementPointer); only "
+                         "reconstructed tomographic images whose frames are slices (SliceVector) can be loaded as a volume")
     normal = np.cross(iop[:3], iop[3:])
     acq = _dt_attr(ds, "AcquisitionDate", "AcquisitionTime") or _dt_attr(ds, "SeriesDate", "SeriesTime")
     slope = _float(ds, "RescaleSlope", 1.0)
@@ -729,9 +769,8 @@ def _load_dicom(path, *, series, echo, dtype, uneven, allow_tilt) -> Volume:
     else:
         datasets, skipped = read_headers(path, pixels=True)
         where = str(path)
-    groups = {k: v for k, v in _group(datasets).items()
-              if str(v[0].get("Modality", "")) not in _NON_IMAGE_MODALITIES and "PixelData" in v[0]}
-    if not groups:
+    groups = _group(datasets)
+    if not any(_is_image_series(v) for v in groups.values()):
         extra = f" ({len(skipped)} non-DICOM files skipped)" if skipped else ""
         raise DicomError(f"{where}: no DICOM image series found{extra}; point invivo at a folder of DICOM images")
     key = _choose_series(groups, series, where)
@@ -743,28 +782,33 @@ def _load_dicom(path, *, series, echo, dtype, uneven, allow_tilt) -> Volume:
 
 
 def _choose_series(groups: dict, series, where: str):
-    keys = sorted(groups, key=lambda k: (int(groups[k][0].get("SeriesNumber", 0) or 0), k))
+    keys = _ordered_keys(groups)  # the rows of scan(), images and others
+    images = [k for k in keys if _is_image_series(groups[k])]
 
     def describe():
-        return "; ".join(f"[{i}] {groups[k][0].get('Modality', '')} #{groups[k][0].get('SeriesNumber', '')} "
+        return "; ".join(f"[{keys.index(k)}] {groups[k][0].get('Modality', '')} #{groups[k][0].get('SeriesNumber', '')} "
                          f"'{groups[k][0].get('SeriesDescription', '')}'{' phase' if k[1] == 'P' else ''}"
-                         for i, k in enumerate(keys))
+                         for k in images)
 
     if series is None:
-        if len(keys) > 1:
-            raise ParameterError(f"{where}: {len(keys)} series found; choose one with series=INDEX, UID, number or "
-                                 f"description: {describe()}")
-        return keys[0]
+        if len(images) > 1:
+            raise ParameterError(f"{where}: {len(images)} series found; choose one with series=INDEX (the row of "
+                                 f"invivo scan), UID, number or description: {describe()}")
+        return images[0]
     if isinstance(series, tuple) and series in groups:  # (SeriesInstanceUID, flavour) as in scan()'s table
         return series
     if isinstance(series, (int, np.integer)) and not isinstance(series, bool):
-        if 0 <= series < len(keys):
-            return keys[int(series)]
-        raise ParameterError(f"{where}: series={series} out of range; series found: {describe()}")
+        if not 0 <= series < len(keys):
+            raise ParameterError(f"{where}: series={series} out of range; series found: {describe()}")
+        k = keys[int(series)]
+        if k not in images:
+            raise ParameterError(f"{where}: row {series} of the scan is a {groups[k][0].get('Modality', '')} object, "
+                                 f"not an image series; image series: {describe()}")
+        return k
     s = str(series)
-    hits = [k for k in keys if k[0] == s] or \
-           [k for k in keys if str(groups[k][0].get("SeriesNumber", "")) == s] or \
-           [k for k in keys if str(groups[k][0].get("SeriesDescription", "")) == s]
+    hits = [k for k in images if k[0] == s] or \
+           [k for k in images if str(groups[k][0].get("SeriesNumber", "")) == s] or \
+           [k for k in images if str(groups[k][0].get("SeriesDescription", "")) == s]
     if len(hits) > 1:  # magnitude and phase of one series: magnitude first
         hits = [k for k in hits if k[1] == ""] or hits
     if len(hits) != 1:
@@ -777,7 +821,11 @@ def _load_series(dss: list[Dataset], *, echo, dtype, uneven, allow_tilt, n_skipp
     modality = str(ds0.get("Modality", "OT"))
     frames: list[_Frame] = []
     for ds in dss:
-        frames.extend(_frames_of(ds))
+        try:
+            frames.extend(_frames_of(ds))
+        except (ValueError, TypeError, KeyError, AttributeError, NotImplementedError, IndexError) as exc:
+            raise DicomError(f"{_fname(ds)}: malformed image header ({type(exc).__name__}: {exc}); "
+                             "fix or remove the file") from None
     cache: dict = {}
     groups, per_pos, echo_keys, gpos, row_dir, col_dir, normal = _assemble(frames, uneven=uneven,
                                                                             allow_tilt=allow_tilt, cache=cache)

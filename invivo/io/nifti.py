@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..backend import to_device
-from ..errors import InvivoError, OutputExistsError, ParameterError
+from ..errors import InvivoError, OutputError, OutputExistsError, ParameterError
 from ..volume import Meta, Subject, Tracer, Volume
 
 __all__ = ["save_nifti", "load_nifti", "sidecar_path", "atomic_write", "file_sha256", "input_record", "meta_from_dict"]
@@ -74,6 +74,12 @@ def input_record(path: str | os.PathLike) -> dict:
     return {"path": str(p.resolve()), "n_files": len(files), "sha256_of_files": h.hexdigest()}
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(targets: dict[Path, Any], *, overwrite: bool = False) -> None:
     """Write several files all-or-nothing: each to a temporary name, then renamed into place.
 
@@ -87,6 +93,7 @@ def atomic_write(targets: dict[Path, Any], *, overwrite: bool = False) -> None:
         if existing:
             raise OutputExistsError(f"{existing[0]} already exists; choose another output or pass overwrite=True (--overwrite)")
     tmps: dict[Path, Path] = {}
+    mode = 0o666 & ~_umask()
     try:
         for p, writer in targets.items():
             p = Path(p)
@@ -96,14 +103,18 @@ def atomic_write(targets: dict[Path, Any], *, overwrite: bool = False) -> None:
             os.close(fd)
             tmps[p] = Path(tmp)
             writer(Path(tmp))
+            os.chmod(tmp, mode)  # mkstemp makes 0600; outputs get the usual permissions
         for p, tmp in tmps.items():
             os.replace(tmp, p)
-    except BaseException:
+    except BaseException as exc:
         for tmp in tmps.values():
             try:
                 tmp.unlink()
             except FileNotFoundError:
                 pass
+        if isinstance(exc, OSError):
+            where = getattr(exc, "filename", None) or next(iter(targets))
+            raise OutputError(f"cannot write {where}: {exc.strerror or exc}; choose a writable output location") from None
         raise
 
 
