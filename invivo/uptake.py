@@ -1027,6 +1027,15 @@ def _stored_kind_of_meta(meta: Meta, u: str) -> str:
     return {"SUVBW": "bw", "SUVBSA": "bsa", "SUVIBW": "ibw"}[u]
 
 
+def _no_units_hint(meta: Meta) -> str | None:
+    """For a NIfTI read without a sidecar: say so, since that is why the units are unknown."""
+    nifti = meta.source.get("nifti")
+    if meta.units is None and nifti and meta.source.get("sidecar", "") is None:
+        return (f"{nifti}: no JSON sidecar beside it, so units, tracer and timing are unknown; write one "
+                "(PET-BIDS keys), set meta.units and meta.tracer, or convert from DICOM with invivo convert")
+    return None
+
+
 def _unavailable(reason: str, error: str | None = None, what: str = "SUV") -> Exception:
     """The error recorded at load time, re-raised with its original class when known."""
     from . import errors
@@ -1061,8 +1070,8 @@ def _bw_route(meta: Meta, k: int, t: int, notes: _Notes) -> tuple[np.ndarray, st
         else:
             ref, src = _reference_activity_from_meta(meta, k, t), "metadata (tracer, timing)"
         return _ACTIVITY_UNITS[u] / ref, "activity", src
-    raise UnitsError(f"units {meta.units!r} cannot be converted to SUV: needs activity concentration (BQML), stored "
-                     "SUV (GML, CM2ML) or meta.suv_bw_factor")
+    raise UnitsError(_no_units_hint(meta) or f"units {meta.units!r} cannot be converted to SUV: needs activity "
+                     "concentration (BQML), stored SUV (GML, CM2ML) or meta.suv_bw_factor")
 
 
 def _apply(volume: Volume, factor_kt: np.ndarray):
@@ -1216,8 +1225,8 @@ def percent_id(volume: Volume, *, per: str = "g", density_g_per_ml: float = 1.0)
     elif meta.suv_unavailable:
         raise _unavailable(meta.suv_unavailable, meta.extra.get("suv_unavailable_error"), "%ID")
     else:
-        raise UnitsError(f"units {meta.units!r} cannot be converted to %ID: needs activity concentration (BQML), "
-                         "stored SUV (GML, CM2ML) or meta.suv_bw_factor")
+        raise UnitsError(_no_units_hint(meta) or f"units {meta.units!r} cannot be converted to %ID: needs activity "
+                         "concentration (BQML), stored SUV (GML, CM2ML) or meta.suv_bw_factor")
     r = _residual_fraction(meta, notes)
     factor = g * 100.0 / r
     if per == "g":

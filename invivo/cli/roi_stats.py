@@ -30,7 +30,14 @@ def run(args) -> int:
     keys = ["n_voxels", "volume_ml", "mean", "sd", "min", "median", "max", "peak"]
     print("roi".ljust(20) + "".join(k.rjust(12) for k in keys))
     for name, st in rows.items():
-        print(str(name)[:20].ljust(20) + "".join(_fmt(st.get(k)).rjust(12) for k in keys))
+        frames = max((len(v) for v in st.values() if isinstance(v, list)), default=0)
+        if not frames:
+            print(str(name)[:20].ljust(20) + "".join(_fmt(st.get(k)).rjust(12) for k in keys))
+            continue
+        for f in range(frames):  # a 4D image: one row per frame
+            label = f"{str(name)[:14]}[{f}]"
+            print(label.ljust(20) + "".join(_fmt(st[k][f] if isinstance(st.get(k), list) else st.get(k)).rjust(12)
+                                            for k in keys))
     units = next(iter(rows.values())).get("units")
     if units:
         print(f"units: {units}")
@@ -38,8 +45,6 @@ def run(args) -> int:
 
 
 def _fmt(v):
-    if isinstance(v, list):
-        return "[4D]"
     if isinstance(v, int):
         return str(v)
     return f"{v:.6g}" if v is not None else "-"

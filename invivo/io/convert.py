@@ -9,7 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..errors import InvivoError, OutputExistsError
+from ..errors import InvivoError, OutputError, OutputExistsError
+from .nifti import sidecar_path
 
 __all__ = ["convert", "bids_name"]
 
@@ -75,8 +76,13 @@ def convert(path: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: b
         raise InvivoError(f"{path}: no DICOM image series found ({table.attrs.get('skipped_files', 0)} other files); "
                           "point invivo convert at a folder of DICOM images")
     failed: list[tuple[str, str]] = []
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".invivo-convert-", dir=out_dir))
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".invivo-convert-", dir=out_dir))
+    except OSError as exc:
+        raise OutputError(f"cannot write to {out_dir}: {exc.strerror or exc}; choose a writable --out") from None
+    done = False
     planned: list[Path] = []
     try:
         for _, row in table.iterrows():
@@ -97,8 +103,9 @@ def convert(path: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: b
                     rel = bids_name(vol, echo=echo)
                     if rel in planned:
                         rel = rel.with_name(rel.name.replace(".nii.gz", f"_{len(planned)}.nii.gz"))
-                    if (out_dir / rel).exists() and not overwrite:
-                        raise OutputExistsError(f"{out_dir / rel} already exists; pass --overwrite to replace it")
+                    for target in (out_dir / rel, out_dir / sidecar_path(rel)):
+                        if target.exists() and not overwrite:
+                            raise OutputExistsError(f"{target} already exists; pass --overwrite to replace it")
                     save_nifti(vol, staging / rel, overwrite=True)
                     planned.append(rel)
             except InvivoError as exc:
@@ -107,11 +114,14 @@ def convert(path: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: b
                 failed.append((desc, str(exc)))
         written = []
         for rel in planned:
-            for src in (staging / rel, (staging / rel).with_name(rel.name.replace(".nii.gz", ".json"))):
+            for src in (staging / rel, staging / sidecar_path(rel)):
                 dst = out_dir / src.relative_to(staging)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(src, dst)
             written.append(out_dir / rel)
+        done = True
         return written, failed
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if created and not done:
+            shutil.rmtree(out_dir, ignore_errors=True)  # a failed conversion leaves nothing behind

@@ -332,4 +332,5 @@ def load_nifti(path: str | os.PathLike, *, dtype=None) -> Volume:
         else:
             meta = _meta_from_bids(side, meta)
     meta.source.setdefault("nifti", str(path))
+    meta.source["sidecar"] = str(sc) if sc.exists() else None
     return Volume(data, affine, meta)
