@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from .errors import ParameterError
 
-__all__ = ["Isotope", "ISOTOPES", "lookup", "decay_factor", "half_life_s"]
+__all__ = ["Isotope", "ISOTOPES", "lookup", "decay_factor", "half_life_s", "count_average_time_s"]
 
 
 @dataclass(frozen=True)
@@ -143,3 +143,20 @@ def decay_factor(elapsed_s, half_life_s: float):
     if not half_life_s or half_life_s <= 0:
         raise ParameterError(f"half_life_s must be a positive number of seconds, got {half_life_s!r}")
     return 2.0 ** (-elapsed_s / half_life_s)
+
+
+def count_average_time_s(duration_s: float, half_life_s: float | None) -> float:
+    """Seconds after a frame's start at which its mean count rate occurs.
+
+    For activity decaying as exp(-lambda t) over a frame of duration D the mean rate is
+    reached at ``ln(lambda D / (1 - exp(-lambda D))) / lambda`` -- slightly before D/2.
+    Scanners store this (from the series reference) as FrameReferenceTime; the QIBA
+    and IBSI rules use it to recover the scan start.  ``D / 2`` without a half-life.
+    """
+    if not half_life_s or duration_s <= 0:
+        return duration_s / 2.0
+    lam = math.log(2.0) / half_life_s
+    x = lam * duration_s
+    if x < 1e-9:
+        return duration_s / 2.0
+    return math.log(x / -math.expm1(-x)) / lam

@@ -356,12 +356,10 @@ def _dose_bq(item, notes: _Notes) -> float:
 def _half_life_s(item, notes: _Notes) -> float:
     hl = _float(_val(item, "RadionuclideHalfLife"))
     iso = _isotope_of(item)
-    if hl is None:
-        if iso is None:
-            raise MissingTagError(f"{_T_HALF} is missing and no known radionuclide is named in the "
-                                  "Radionuclide Code Sequence or Radiopharmaceutical; set meta.tracer.half_life_s")
-        notes.add(f"{_T_HALF} is missing: half-life of {iso.name} from invivo.isotopes ({iso.half_life_s:g} s) used")
-        return iso.half_life_s
+    if hl is None:  # IBSI: an error, not a table look-up (DRO_error_5_0)
+        hint = (f" (the tracer looks like {iso.name}, {iso.half_life_s:g} s in invivo.isotopes)" if iso is not None
+                else "")
+        raise MissingTagError(f"{_T_HALF} is missing{hint}: fix the header or set meta.tracer.half_life_s")
     if hl <= 0:
         raise ParameterError(f"{_T_HALF} is {hl:g}: the half-life must be a positive number of seconds")
     if iso is not None and abs(hl - iso.half_life_s) > 0.01 * iso.half_life_s:
@@ -421,7 +419,29 @@ def _injection(item, scan_start: datetime | None, half_life_s: float, notes: _No
     return inj
 
 
-def _start_reference(datasets, acq: list, notes: _Notes) -> datetime:
+def _start_from_frame_reference(datasets, half_life_s: float | None) -> datetime | None:
+    """Scan start = AcquisitionDateTime + t_avg - FrameReferenceTime for the earliest-acquired image (QIBA/IBSI).
+
+    FrameReferenceTime (0054,1300) is the offset from the series reference to the time the
+    pixel values refer to; for a frame of duration D that time lies t_avg after its start,
+    t_avg = ln(lambda D / (1 - exp(-lambda D))) / lambda (the time of the mean count rate).
+    """
+    best = None
+    for ds in datasets:
+        acq = _acquisition_datetime(ds)
+        frt = _float(_val(ds, "FrameReferenceTime"))
+        dur = _float(_val(ds, "ActualFrameDuration"))
+        if acq is None or frt is None or dur is None or dur <= 0:
+            continue
+        if best is None or acq < best[0]:
+            best = (acq, frt / 1000.0, dur / 1000.0)
+    if best is None:
+        return None
+    acq, frt_s, dur_s = best
+    return acq + timedelta(seconds=isotopes.count_average_time_s(dur_s, half_life_s) - frt_s)
+
+
+def _start_reference(datasets, acq: list, notes: _Notes, half_life_s: float | None = None) -> datetime:
     """The scan start (QIBA): SeriesDate/Time, unless it is after the earliest acquisition; then GE's
     private post-injection datetime (0009,100D) when present, else the earliest acquisition."""
     series = _series_datetime(datasets[0])
@@ -435,6 +455,12 @@ def _start_reference(datasets, acq: list, notes: _Notes) -> datetime:
         ge = _parse_dt(_text(_private_value(ds, 0x0009, 0x0D, _GE_PET_CREATORS)))
         if ge is not None:
             return ge
+    back = _start_from_frame_reference(datasets, half_life_s)
+    if back is not None:
+        notes.add(f"{'SeriesTime is missing' if series is None else 'SeriesTime ' + series.isoformat() + ' is after the earliest AcquisitionTime ' + earliest.isoformat()}"
+                  f": scan start (START decay reference) back-computed from AcquisitionTime, FrameReferenceTime and "
+                  f"ActualFrameDuration: {back.isoformat()}")
+        return back
     if series is None:
         notes.add(f"{_T_SERIES} is missing: decay reference (START) taken as the earliest acquisition "
                   f"{earliest.isoformat()}")
@@ -456,7 +482,11 @@ def scan_start_datetime(datasets, *, assumptions: list | None = None) -> datetim
     """
     notes = _Notes()
     dss = _as_list(datasets)
-    out = _start_reference(dss, [_acquisition_datetime(ds, notes) for ds in dss], notes)
+    try:
+        hl = _half_life_s(_rp_item(dss[0]), _Notes())
+    except InvivoError:
+        hl = None
+    out = _start_reference(dss, [_acquisition_datetime(ds, notes) for ds in dss], notes, hl)
     _emit(notes, assumptions)
     return out
 
@@ -498,7 +528,7 @@ class _SeriesTiming:
                 raise MissingTagError(f"{_T_DC} is NONE but {_T_ACQ} is missing in {len(missing)} of {n} datasets: "
                                       "the time each image was acquired is unknown")
             return list(self.acq)  # type: ignore[arg-type]
-        return [_start_reference(self.datasets, self.acq, notes)] * n
+        return [_start_reference(self.datasets, self.acq, notes, self.half_life_s)] * n
 
     def reference_activity(self) -> np.ndarray:
         dt = np.array([(r - self.injection).total_seconds() for r in self.references], dtype=np.float64)

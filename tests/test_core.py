@@ -104,3 +104,13 @@ def test_mixed_devices_rejected():
     if backend.has_gpu():
         with pytest.raises(ValueError, match="different devices"):
             backend.check_same_device(a=np.zeros(2), b=backend.to_device(np.ones(2), "gpu"))
+
+
+def test_count_average_time():
+    # the mean of a decaying rate over [0, D] equals the rate at t_avg: (1 - e^-x)/x = e^(-lambda t_avg)
+    hl, d = 6586.2, 1800.0
+    lam = math.log(2) / hl
+    t = isotopes.count_average_time_s(d, hl)
+    assert (1 - math.exp(-lam * d)) / (lam * d) == pytest.approx(math.exp(-lam * t), rel=1e-14)
+    assert t < d / 2
+    assert isotopes.count_average_time_s(d, None) == d / 2

@@ -168,3 +168,22 @@ def test_failed_convert_leaves_no_output_folder(tmp_path):
     with pytest.raises(DicomError):
         convert(tmp_path / "pt", out)
     assert not out.exists()
+
+
+def test_scan_start_back_computed_from_frame_reference_time(tmp_path):
+    """SeriesTime after AcquisitionTime and the acquisition not at the scan start (a later bed): the START
+    reference is AcquisitionTime + t_avg - FrameReferenceTime (QIBA/IBSI), not the acquisition time."""
+    from invivo.isotopes import count_average_time_s
+
+    _pet(tmp_path / "pt")
+    t_avg = count_average_time_s(60.0, 6586.2)
+
+    def later_bed(ds):
+        ds.SeriesTime = "120000"
+        ds.AcquisitionTime = "100500"  # this bed started 5 min into the scan
+        ds.FrameReferenceTime = f"{1000.0 * (300.0 + t_avg):.6f}"
+    _edit(tmp_path / "pt", later_bed)
+    with pytest.warns(InvivoWarning, match="back-computed"):
+        vol = invivo.load(tmp_path / "pt")
+    assert abs((vol.meta.series_datetime - T0).total_seconds()) < 1e-3
+    np.testing.assert_allclose(vol.meta.reference_activity_bq, 10e6 * 2 ** (-600 / 6586.2), rtol=1e-9)

@@ -348,12 +348,16 @@ def test_pet_dicom_is_valid_and_carries_the_metadata(tmp_path):
         assert rp.RadiopharmaceuticalStartDateTime == "20240304093000" and rp.RadiopharmaceuticalStartTime == "093000"
         assert rp.RadionuclideCodeSequence[0].CodeMeaning == "^89^Zirconium"
         assert rp.Radiopharmaceutical == "89Zr-anti-PD-L1"
-        # frame timing: AcquisitionTime = series start + frame start, FrameReferenceTime mid-frame (ms)
+        # frame timing: AcquisitionTime = series start + frame start; FrameReferenceTime (ms) = frame start +
+        # the time of the frame's mean count rate, ln(x / (1 - e^-x)) / lambda with x = lambda D (just before D/2)
         frame = int(ds.ImageIndex - 1) // 8
         assert ds.SeriesTime == "113000.250000"
         acq = datetime.strptime(ds.AcquisitionDate + ds.AcquisitionTime, "%Y%m%d%H%M%S.%f")
         assert acq == INJ + timedelta(hours=2, seconds=0.25 + 120.0 * frame)
-        assert float(ds.FrameReferenceTime) == 120000.0 * frame + 60000.0
+        lam_zr = math.log(2) / ZR89
+        t_avg = math.log(lam_zr * 120.0 / -math.expm1(-lam_zr * 120.0)) / lam_zr
+        assert float(ds.FrameReferenceTime) == pytest.approx(120000.0 * frame + 1000.0 * t_avg, abs=1e-6)
+        assert 59998.0 < 1000.0 * t_avg < 60000.0
         assert int(ds.ActualFrameDuration) == 120000
         lam = math.log(2) / ZR89
         assert float(ds.DecayFactor) == pytest.approx(math.exp(lam * 120 * frame) * lam * 120 / -math.expm1(-lam * 120),

@@ -266,9 +266,8 @@ def test_half_life_checks():
     with pytest.warns(InvivoWarning, match="differs by"):
         f = uptake.suv_scale_factor(_ds(half_life=6000.0))
     assert f == pytest.approx(_suv_bw(W_KG, DOSE, 3600.0, 6000.0), rel=1e-12)  # the DICOM value is used
-    with pytest.warns(InvivoWarning, match=r"\(0018,1075\) is missing"):
-        f = uptake.suv_scale_factor(_ds(half_life=None))
-    assert f == pytest.approx(_suv_bw(W_KG, DOSE, 3600.0), rel=1e-12)
+    with pytest.raises(MissingTagError, match=r"\(0018,1075\) is missing \(the tracer looks like 18F"):
+        uptake.suv_scale_factor(_ds(half_life=None))  # IBSI DRO_error_5_0: an error, not a table look-up
     with pytest.raises(MissingTagError, match=r"\(0018,1075\)"):
         uptake.suv_scale_factor(_ds(half_life=None, nuclide=None, radiopharmaceutical="tracer X"))
     ga = _ds(half_life=4057.7, nuclide="^68^Gallium", code="C-131A1", radiopharmaceutical="Ga68-PSMA")

@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from ..errors import DicomError, GeometryError, InvivoError, InvivoWarning, MissingTagError, ParameterError
+from ..isotopes import count_average_time_s
 from ..volume import LPS_TO_RAS, Meta, Subject, Tracer, Volume
 from ._fastdcm import FastHeader, read_fast
 
@@ -973,19 +974,20 @@ def _meta_for(modality: str, stack: list[list[_Frame]], vols, multi_echo: bool, 
 
 def _frame_timing(meta: Meta, stack: list[list[_Frame]]) -> None:
     """Frame starts (s from ``meta.series_datetime``) and durations, from acquisition times, else from
-    FrameReferenceTime - ActualFrameDuration / 2."""
+    FrameReferenceTime minus the time of the frame's mean count rate."""
     ref = meta.series_datetime
     if ref is None:
         acq_all = [fr.acq_datetime for col in stack for fr in col if fr.acq_datetime is not None]
         if acq_all:
             ref = meta.series_datetime = min(acq_all)
+    half_life = meta.tracer.half_life_s if meta.tracer is not None else None
     from_acq, from_frt, durs = [], [], []
     for col in stack:
         acq = [fr.acq_datetime for fr in col if fr.acq_datetime is not None]
         dur = next((fr.duration_s for fr in col if fr.duration_s), None)
         frt = _float(col[0].ds, "FrameReferenceTime")
         from_acq.append((min(acq) - ref).total_seconds() if acq and ref is not None else None)
-        from_frt.append(frt / 1000.0 - dur / 2.0 if frt is not None and dur is not None else None)
+        from_frt.append(frt / 1000.0 - count_average_time_s(dur, half_life) if frt is not None and dur is not None else None)
         durs.append(dur)
 
     def complete(v):
@@ -1000,7 +1002,7 @@ def _frame_timing(meta: Meta, stack: list[list[_Frame]]) -> None:
         meta.frame_start_s = tuple(float(x) for x in from_frt)
         if len(stack) > 1:
             meta.assumptions.append("acquisition times do not distinguish the frames: frame starts taken as "
-                                    "FrameReferenceTime - ActualFrameDuration / 2")
+                                    "FrameReferenceTime minus the mean-count-rate time of each frame")
     elif complete(from_acq) or complete(from_frt):
         shown = from_acq if complete(from_acq) else from_frt
         raise DicomError(f"{stack[0][0].file}: frame start times are not increasing ({shown} s); "

@@ -53,7 +53,7 @@ from pydicom.valuerep import format_number_as_ds
 
 from ..backend import to_device
 from ..errors import GeometryError, InvivoWarning, OutputExistsError, ParameterError
-from ..isotopes import lookup
+from ..isotopes import count_average_time_s, lookup
 from ..volume import LPS_TO_RAS, Meta, Subject, Volume
 
 __all__ = ["write_dicom", "DEFAULT_SERIES_DATETIME"]
@@ -630,7 +630,7 @@ def _pet(data4, geo: _Geometry, ctx, meta: Meta, rng):
             ds.NumberOfTimeSlices = n_t
             ds.AcquisitionDate = _da(acq)
             ds.AcquisitionTime = _tm(acq)
-            ds.FrameReferenceTime = _ds(start_s * 1000.0 + dur_ms / 2.0)
+            ds.FrameReferenceTime = _ds(1000.0 * (start_s + count_average_time_s(dur_ms / 1000.0, half_life)))
             ds.ActualFrameDuration = dur_ms
             ds.DecayFactor = _ds(decay_factor)
             ds.DoseCalibrationFactor = "1"
