@@ -960,6 +960,8 @@ def _meta_for(modality: str, stack: list[list[_Frame]], vols, multi_echo: bool, 
     reps = index = None
     if modality in ("PT", "NM") and meta.tracer is not None:
         reps, index = _representatives([fr for col in stack for fr in col])
+        if meta.decay_correction is None and reps[0].get("DecayCorrection"):
+            meta.decay_correction = str(reps[0].DecayCorrection)  # enhanced PET: from Decay Corrected
         _pet_timing(meta, reps)
     if len(stack) > 1 and not multi_echo or modality in ("PT",):
         _frame_timing(meta, stack)
@@ -1020,17 +1022,78 @@ def _representatives(flat: list[_Frame]):
 
     The QIBA rules read only header content; files whose content (bar per-slice bookkeeping such as
     position and rescale) is identical get identical factors, so they are computed once per content.
+    Frames of an enhanced multi-frame PET object are represented by a classic view of each frame.
     """
     groups: dict = {}
     index = []
+    reps: list = []
     for fr in flat:
-        key = fr.ds.content_key() if isinstance(fr.ds, FastHeader) else id(fr.ds)
-        index.append(groups.setdefault(key, len(groups)))
-    reps: list = [None] * len(groups)
-    for fr, g in zip(flat, index):
-        if reps[g] is None:
-            reps[g] = fr.ds.full() if isinstance(fr.ds, FastHeader) else fr.ds
+        if fr.index is not None and "PerFrameFunctionalGroupsSequence" in fr.ds:
+            key = (id(fr.ds), _frame_timing_key(fr))
+        else:
+            key = fr.ds.content_key() if isinstance(fr.ds, FastHeader) else id(fr.ds)
+        if key not in groups:
+            groups[key] = len(reps)
+            reps.append(_classic_view(fr) if fr.index is not None and "PerFrameFunctionalGroupsSequence" in fr.ds
+                        else (fr.ds.full() if isinstance(fr.ds, FastHeader) else fr.ds))
+        index.append(groups[key])
     return reps, np.asarray(index)
+
+
+def _frame_content(fr: _Frame) -> Dataset:
+    base = fr.ds.full() if isinstance(fr.ds, FastHeader) else fr.ds
+    return _seq_item(base.PerFrameFunctionalGroupsSequence[fr.index], "FrameContentSequence") or Dataset()
+
+
+def _frame_timing_key(fr: _Frame) -> tuple:
+    c = _frame_content(fr)
+    return (str(c.get("FrameReferenceDateTime", "")), str(c.get("FrameAcquisitionDateTime", "")),
+            str(c.get("FrameAcquisitionDuration", "")))
+
+
+def _split_dt(value) -> tuple[str, str]:
+    s = str(value)
+    return s[:8], (s[8:] or "000000").split("+")[0].split("-")[0]
+
+
+def _classic_view(fr: _Frame) -> Dataset:
+    """One frame of an Enhanced PET object as the classic PET attributes the QIBA rules read.
+
+    Decay Corrected (0018,9758) YES with Decay Correction DateTime (0018,9701) at the injection is ADMIN,
+    at any other time START with that time as the series reference; NO is NONE, decayed to the frame's
+    Frame Reference DateTime (0018,9151) (else its Frame Acquisition DateTime).
+    """
+    base = fr.ds.full() if isinstance(fr.ds, FastHeader) else fr.ds
+    view = Dataset()
+    skip = {0x52009229, 0x52009230, 0x7FE00010}  # shared / per-frame functional groups, pixel data
+    for el in base:
+        if el.tag not in skip:
+            view.add(el)
+    view.filename = getattr(base, "filename", None)
+    c = _frame_content(fr)
+    view.invivo_frame_start = fr.acq_datetime  # Frame Acquisition DateTime (the scan start is the earliest)
+    acq = c.get("FrameAcquisitionDateTime")
+    ref = c.get("FrameReferenceDateTime")
+    if acq:
+        view.AcquisitionDate, view.AcquisitionTime = _split_dt(acq)
+    if c.get("FrameAcquisitionDuration") not in (None, ""):
+        view.ActualFrameDuration = int(round(float(c.FrameAcquisitionDuration)))
+    corrected = str(base.get("DecayCorrected", "")).upper()
+    if corrected == "YES":
+        dc = base.get("DecayCorrectionDateTime")
+        rp = (base.get("RadiopharmaceuticalInformationSequence") or [Dataset()])[0]
+        inj = rp.get("RadiopharmaceuticalStartDateTime")
+        if dc and inj and parse_datetime(dt=str(dc)) == parse_datetime(dt=str(inj)):
+            view.DecayCorrection = "ADMIN"
+        else:
+            view.DecayCorrection = "START"
+            if dc:
+                view.SeriesDate, view.SeriesTime = _split_dt(dc)
+    elif corrected == "NO":
+        view.DecayCorrection = "NONE"
+        if ref or acq:
+            view.AcquisitionDate, view.AcquisitionTime = _split_dt(ref or acq)
+    return view
 
 
 def _qiba(meta: Meta, fn, *args, **kwargs):
@@ -1048,10 +1111,22 @@ def _pet_timing(meta: Meta, reps: list) -> None:
     after the first acquisition, GE's private datetime), so metadata and sidecars agree with the factors."""
     from .. import uptake
 
+    starts = [getattr(r, "invivo_frame_start", None) for r in reps]
+    if all(t is not None for t in starts):  # enhanced PET states each frame's start
+        dc = str(reps[0].get("DecayCorrection", ""))
+        stored = _dt_attr(reps[0], "SeriesDate", "SeriesTime") if dc == "START" else None
+        meta.series_datetime = stored or min(starts)
+        return _pet_injection(meta, reps)
     try:
         meta.series_datetime = _qiba(meta, uptake.scan_start_datetime, reps)
     except InvivoError:
         pass  # the SeriesDate/Time as stored; the reason surfaces when SUV or %ID is asked for
+    _pet_injection(meta, reps)
+
+
+def _pet_injection(meta: Meta, reps: list) -> None:
+    from .. import uptake
+
     if meta.tracer is not None:
         try:
             meta.tracer.injection_datetime = _qiba(meta, uptake.injection_datetime, reps)
@@ -1064,13 +1139,6 @@ def _pet_quant(meta: Meta, stack: list[list[_Frame]], reps: list, index: np.ndar
     from .. import uptake
 
     nk, nt = len(stack[0]), len(stack)
-    flat = [fr for col in stack for fr in col]
-    multiframe_times = {fr.acq_datetime for fr in flat if fr.index is not None}
-    if len(multiframe_times) > 1 and str(flat[0].ds.get("DecayCorrection", "")).upper() == "NONE":
-        reason = ("multi-frame PET with DecayCorrection (0054,1102) NONE: per-frame decay references are not "
-                  "supported yet; export the series as single-frame images")
-        meta.suv_unavailable = meta.extra["percent_id_unavailable"] = reason
-        return
     try:
         refs = _qiba(meta, uptake.decay_reference_datetimes, reps)
         distinct = sorted({r.isoformat() for r in refs})
