@@ -87,6 +87,7 @@ _UNIT_OF_KIND = {"bw": "SUVbw", "lbm": "SUVlbm", "lbm-janma": "SUVlbm", "bsa": "
 
 #: CLI names of ``invivo uptake --unit`` and what each computes.
 UNIT_KINDS: dict[str, dict[str, str]] = {
+    "suv": {"quantity": "suv", "kind": "native", "unit": "SUV of the stored kind; SUVbw from activity"},
     "suvbw": {"quantity": "suv", "kind": "bw", "unit": "SUVbw"},
     "suvlbm": {"quantity": "suv", "kind": "lbm", "unit": "SUVlbm"},
     "suvlbmjanma": {"quantity": "suv", "kind": "lbm-janma", "unit": "SUVlbm"},
@@ -1173,6 +1174,10 @@ def suv(volume: Volume, *, kind: str = "bw") -> Volume:
         norm_kind = _norm_of_meta(meta, kind, notes)
         norm_base = 1.0 if base_kind == "activity" else _norm_of_meta(meta, base_kind, notes)
         factor = base * (norm_kind / norm_base)
+    elif kind != "bw":
+        # values stored as SUVlbm / SUVibw / SUVbsa are only trusted with the body data they were made
+        # from (IBSI DRO_error_2_2..2_5): the normaliser must be computable
+        norm_kind = _norm_of_meta(meta, kind, notes)
     r = _residual_fraction(meta, notes)
     factor = factor / r
     data = _apply(volume, factor)
@@ -1284,18 +1289,23 @@ def compute(volume: Volume, unit: str) -> Volume:
     ----------
     volume : Volume
     unit : str
-        One of :data:`UNIT_KINDS`: suvbw, suvlbm, suvlbmjanma, suvbsa, suvibw, idg
-        (%ID/g), idcc (%ID/cc).
+        One of :data:`UNIT_KINDS`: suv (the kind an image already stored as SUV has --
+        GML/CM2ML with SUV Type -- else SUVbw), suvbw, suvlbm, suvlbmjanma, suvbsa,
+        suvibw, idg (%ID/g), idcc (%ID/cc).
     """
     spec = UNIT_KINDS.get(str(unit).lower())
     if spec is None:
         raise ParameterError(f"unit must be one of {', '.join(UNIT_KINDS)}; got {unit!r}")
     if spec["quantity"] == "suv":
-        return suv(volume, kind=spec["kind"])
+        kind = spec["kind"]
+        if kind == "native":  # an image already in SUV keeps its kind (validated); activity gives SUVbw
+            u = _norm_units(volume.meta.units)
+            kind = _stored_kind_of_meta(volume.meta, u) if u in _STORED_SUV_UNITS else "bw"
+        return suv(volume, kind=kind)
     return percent_id(volume, per=spec["per"])
 
 
-def write_uptake(path, out, *, unit: str = "suvbw", series=None, overwrite: bool = False) -> Path:
+def write_uptake(path, out, *, unit: str = "suv", series=None, overwrite: bool = False) -> Path:
     """Load a PET/SPECT series, compute ``unit`` (see :func:`compute`) and save it as NIfTI + sidecar.
 
     Returns the output path.

@@ -1,5 +1,6 @@
 """PET headers that cannot support a quantity: the series still loads, the quantity fails with one line."""
 
+import numpy as np
 import pydicom
 import pytest
 
@@ -97,3 +98,77 @@ def test_dicomdir_is_skipped(dro_copy):
     table = invivo.scan(dro_copy)
     assert len(table) == 1 and table.attrs["skipped_files"] == 1
     assert invivo.load(dro_copy).shape == (256, 256, 20)
+
+
+@pytest.fixture
+def gml_copy(tmp_path):
+    from .conftest import data_path
+    import shutil
+
+    dst = tmp_path / "GML"
+    shutil.copytree(data_path("ibsi_suv_dro", "DRO_2_0", "PT"), dst)
+    return dst
+
+
+def _mask():
+    import nibabel as nib
+
+    from .conftest import data_path
+
+    return np.asarray(nib.load(str(data_path("ibsi_suv_dro", "DRO_2_0", "mask", "DRO_mask.nii.gz"))).dataobj) > 0
+
+
+@pytest.mark.parametrize("suv_type,sex,units,unit", [("LBM", "M", "GML", "SUVlbm"), ("LBM", "O", "GML", "SUVlbm"),
+                                                      ("IBW", "F", "GML", "SUVibw"), ("LBMJANMA", "F", "GML", "SUVlbm"),
+                                                      ("BSA", "M", "CM2ML", "SUVbsa")])
+def test_stored_suv_keeps_its_kind(gml_copy, suv_type, sex, units, unit):
+    """IBSI DRO_2_1 / 2_2 / 2_3 / 2_6: values stored as SUV of a kind are that SUV (0.2 / 1 / 4)."""
+    def edit(ds):
+        ds.SUVType, ds.PatientSex, ds.Units = suv_type, sex, units
+    _edit(gml_copy, edit)
+    import contextlib
+
+    from invivo.errors import InvivoWarning
+
+    ctx = pytest.warns(InvivoWarning, match="mean of the male and female") if sex == "O" else contextlib.nullcontext()
+    with ctx:
+        out = uptake.compute(invivo.load(gml_copy), "suv")
+    d = out.data[_mask()]
+    assert out.meta.units == unit
+    assert (d.min(), np.median(d), d.max()) == pytest.approx((0.2, 1.0, 4.0), abs=1e-6)
+
+
+@pytest.mark.parametrize("change,match", [({"PatientSex": None}, "sex is missing"), ({"PatientSex": "X"}, "'X'"),
+                                          ({"PatientSize": None}, "height is missing"), ({"PatientSize": "0"}, "0 m")])
+def test_stored_suvibw_without_body_data_is_refused(gml_copy, change, match):
+    """IBSI DRO_error_2_2 .. 2_5."""
+    def edit(ds):
+        ds.SUVType = "IBW"
+        for k, v in change.items():
+            if v is None:
+                delattr(ds, k)
+            else:
+                setattr(ds, k, v)
+    _edit(gml_copy, edit)
+    with pytest.raises(InvivoError, match=match):
+        uptake.compute(invivo.load(gml_copy), "suv")
+
+
+def test_missing_half_life_is_refused(dro_copy):
+    """IBSI DRO_error_5_0."""
+    _edit(dro_copy, lambda ds: delattr(ds.RadiopharmaceuticalInformationSequence[0], "RadionuclideHalfLife"))
+    with pytest.raises(MissingTagError, match=r"RadionuclideHalfLife \(0018,1075\) is missing"):
+        uptake.suv(invivo.load(dro_copy))
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda ds: setattr(ds.RadiopharmaceuticalInformationSequence[0], "RadionuclideTotalDose", "-5"), "RadionuclideTotalDose"),
+    (lambda ds: delattr(ds.RadiopharmaceuticalInformationSequence[0], "RadionuclideTotalDose"), "RadionuclideTotalDose"),
+    (lambda ds: setattr(ds, "Units", "PROPCNTS"), "PROPCNTS"),
+    (lambda ds: setattr(ds, "Units", "CNTS"), "CNTS"),
+])
+def test_ibsi_error_objects(dro_copy, edit, match):
+    """IBSI DRO_error_3_1, 3_0, 2_7, 2_6."""
+    _edit(dro_copy, edit)
+    with pytest.raises(InvivoError, match=match):
+        uptake.suv(invivo.load(dro_copy))

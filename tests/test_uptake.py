@@ -518,7 +518,9 @@ def test_compute_dispatch_and_parameters():
     assert uptake.compute(vol, "idcc").meta.units == "%ID/cc"
     assert uptake.compute(vol, "SUVBW").meta.units == "SUVbw"
     with pytest.raises(ParameterError, match="unit must be one of"):
-        uptake.compute(vol, "suv")
+        uptake.compute(vol, "suvxyz")
+    # "suv": activity concentration gives SUVbw, equal to asking for it
+    np.testing.assert_array_equal(uptake.compute(vol, "suv").data, uptake.compute(vol, "suvbw").data)
     with pytest.raises(ParameterError, match="per must be"):
         uptake.percent_id(vol, per="ml")
     with pytest.raises(ParameterError, match="density_g_per_ml"):

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 HELP = "SUV or %%ID/g map from a PET/SPECT series"
-UNITS = ("suvbw", "suvlbm", "suvbsa", "suvibw", "idg", "idcc")
+UNITS = ("suv", "suvbw", "suvlbm", "suvlbmjanma", "suvbsa", "suvibw", "idg", "idcc")
 
 
 def add_arguments(p):
     p.add_argument("path", help="PET/SPECT DICOM folder or NIfTI (with sidecar)")
     p.add_argument("--out", required=True, help="output .nii.gz")
-    p.add_argument("--unit", default="suvbw", choices=UNITS,
-                   help="suvbw (default), suvlbm, suvbsa, suvibw, idg (%%ID/g), idcc (%%ID/cc)")
+    p.add_argument("--unit", default="suv", choices=UNITS,
+                   help="suv (default: SUVbw from activity; an image stored as SUV keeps its kind), suvbw, suvlbm "
+                        "(James), suvlbmjanma, suvbsa, suvibw, idg (%%ID/g), idcc (%%ID/cc)")
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--series", default=None,
                      help="SeriesInstanceUID, SeriesNumber or SeriesDescription when PATH holds several series")

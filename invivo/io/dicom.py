@@ -955,6 +955,8 @@ def _meta_for(modality: str, stack: list[list[_Frame]], vols, multi_echo: bool, 
         meta.decay_correction = str(ds.get("DecayCorrection", "")) or None
         meta.tracer = _tracer(ds)
         meta.extra["corrected_image"] = [str(x) for x in (ds.get("CorrectedImage") or [])]
+        if ds.get("SUVType"):
+            meta.extra["suv_type"] = str(ds.get("SUVType"))  # the kind of SUV stored in GML / CM2ML
     elif modality == "CT":
         meta.units = "HU"
     reps = index = None
