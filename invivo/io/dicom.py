@@ -728,9 +728,9 @@ def load_dicom(path: str | os.PathLike | Sequence, *, series=None, echo: int | N
     path : str, Path or list of paths
         A folder (searched recursively), a file, or a list of files.
     series : int, str or None
-        Which series when several are found: a row index of :func:`scan`'s table,
-        a SeriesInstanceUID, a SeriesNumber or a SeriesDescription.  None requires
-        exactly one image series.
+        Which series when several are found: an int is the row of :func:`scan`'s
+        table (same order); a str is a SeriesInstanceUID, a SeriesNumber or a
+        SeriesDescription (magnitude before phase).  None requires exactly one image series.
     echo : int, optional
         For series with several echoes *and* several time points, the echo number to load.
     dtype : numpy dtype
