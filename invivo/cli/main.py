@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="invivo",
         description="Quantitative in vivo imaging for preclinical immunotherapy: DICOM ingestion, "
-                    "SUV and %%ID/g, ROI statistics.",
+                    "SUV and %ID/g, ROI statistics.",
     )
     parser.add_argument("--version", action="version", version=f"invivo {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details on stderr")
