@@ -241,3 +241,18 @@ def test_fast_reader_agrees_with_pydicom():
             else:
                 assert v == type(v)(r), kw
         np.testing.assert_array_equal(fast.pixels(), ref.pixel_array)
+
+
+@pytest.mark.parametrize("syntax", ["RLELossless", "JPEG2000Lossless"])
+def test_compressed_series_load_identically(syntax, tmp_path):
+    uid = getattr(pydicom.uid, syntax)
+    if syntax != "RLELossless":
+        pytest.importorskip("openjpeg", reason="JPEG 2000 needs pylibjpeg-openjpeg (invivo[codecs])")
+    src = data_path("ibsi_suv_dro", "DRO_1_0", "PT")
+    for f in sorted(src.iterdir()):
+        ds = pydicom.dcmread(f)
+        ds.compress(uid)
+        ds.save_as(tmp_path / f.name)
+    vol, ref = invivo.load(tmp_path), invivo.load(src)
+    np.testing.assert_array_equal(vol.data, ref.data)
+    np.testing.assert_array_equal(vol.meta.suv_bw_factor, ref.meta.suv_bw_factor)

@@ -549,8 +549,10 @@ def _pixels(ds, cache: dict) -> np.ndarray:
         try:
             arr = ds.pixels() if isinstance(ds, FastHeader) else ds.pixel_array
         except Exception as exc:  # truncated, unsupported compression, missing handler
-            raise DicomError(f"{_fname(ds)}: pixel data cannot be decoded ({type(exc).__name__}: {exc}); "
-                             "the file may be truncated or use a compression without an installed decoder") from None
+            ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+            hint = (f"; it is compressed ({ts.name}): install the decoders with pip install 'invivo[codecs]'"
+                    if ts is not None and ts.is_compressed else "; the file may be truncated")
+            raise DicomError(f"{_fname(ds)}: pixel data cannot be decoded ({type(exc).__name__}: {exc}){hint}") from None
         if len(cache) > 8:
             cache.clear()
         cache[key] = arr
