@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["cupy", "has_gpu", "get_array_module", "to_device", "float_dtype", "check_same_device"]
+__all__ = ["cupy", "has_gpu", "get_array_module", "to_device", "float_dtype", "check_same_device", "special"]
 
 
 def _import_cupy():
@@ -82,3 +82,14 @@ def check_same_device(**arrays: Any) -> None:
     if len(set(devices.values())) > 1:
         desc = ", ".join(f"{k} on {v}" for k, v in devices.items())
         raise ValueError(f"arrays are on different devices ({desc}); move them with invivo.backend.to_device")
+
+
+def special(xp):
+    """``scipy.special`` for NumPy, ``cupyx.scipy.special`` for CuPy (same function names)."""
+    if xp is np:
+        import scipy.special
+
+        return scipy.special
+    import cupyx.scipy.special  # only reached with CuPy arrays, so CuPy is installed
+
+    return cupyx.scipy.special
