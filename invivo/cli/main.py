@@ -21,6 +21,7 @@ COMMANDS = {
     "convert": "convert",
     "uptake": "uptake",
     "roi-stats": "roi_stats",
+    "r2star": "r2star",
     "demo": "demo",
 }
 

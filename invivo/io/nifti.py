@@ -24,7 +24,7 @@ from ..backend import to_device
 from ..errors import InvivoError, OutputError, OutputExistsError, ParameterError
 from ..volume import Meta, Subject, Tracer, Volume
 
-__all__ = ["save_nifti", "load_nifti", "sidecar_path", "atomic_write", "file_sha256", "input_record", "meta_from_dict"]
+__all__ = ["save_nifti", "save_many", "load_nifti", "sidecar_path", "atomic_write", "file_sha256", "input_record", "meta_from_dict"]
 
 _NII_SUFFIXES = (".nii.gz", ".nii")
 
@@ -164,7 +164,8 @@ def _bids_keys(meta: Meta) -> dict:
 
 
 def save_nifti(volume: Volume, path: str | os.PathLike, *, overwrite: bool = False,
-               inputs: list[str | os.PathLike] | None = None, parameters: dict | None = None) -> Path:
+               inputs: list[str | os.PathLike] | None = None, parameters: dict | None = None,
+               _collect: dict | None = None) -> Path:
     """Write ``volume`` as NIfTI-1 (``.nii`` or ``.nii.gz``) with a JSON sidecar beside it.
 
     Parameters
@@ -212,9 +213,21 @@ def save_nifti(volume: Volume, path: str | os.PathLike, *, overwrite: bool = Fal
     if meta.assumptions:
         side["Invivo"]["assumptions"] = list(meta.assumptions)
     text = json.dumps(side, indent=2, default=str, allow_nan=False)
-    atomic_write({path: lambda tmp: nib.save(img, tmp), sidecar_path(path): lambda tmp: tmp.write_text(text)},
-                 overwrite=overwrite)
+    writers = {path: lambda tmp: nib.save(img, tmp), sidecar_path(path): lambda tmp: tmp.write_text(text)}
+    if _collect is not None:  # save_many: written together with the others
+        _collect.update(writers)
+        return path
+    atomic_write(writers, overwrite=overwrite)
     return path
+
+
+def save_many(items, *, overwrite: bool = False, inputs=None, parameters: dict | None = None) -> list[Path]:
+    """Write several Volumes (``[(volume, path), ...]``) all-or-nothing: none is written if any fails."""
+    writers: dict = {}
+    paths = [save_nifti(v, p, overwrite=True, inputs=inputs, parameters=parameters, _collect=writers)
+             for v, p in items]
+    atomic_write(writers, overwrite=overwrite)
+    return paths
 
 
 def _parse_dt(v):
