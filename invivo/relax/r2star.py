@@ -192,17 +192,21 @@ def _arlo(y, te, xp):
     return s0, r2, ok
 
 
-def _lm(y, te, w, s0, r2, *, sigma, max_iter, xp, tol=1e-9):
+def _lm(y, te, w, s0, r2, *, sigma, max_iter, xp, tol=None):
     """Batched Levenberg-Marquardt on (S0, R2*) for the exponential or its Rician mean.
 
-    Minimises sum w (y - f)^2 per voxel; returns s0, r2, converged.
+    Minimises sum w (y - f)^2 per voxel; returns s0, r2, converged.  Each iteration works on
+    the voxels still moving only (an active set), so the cost follows the slowest voxels'
+    count, not the whole volume's.  Converged: the step is below ``tol`` relative (a few
+    float eps of the data's dtype) or the residual vanishes.
     """
     dt = y.dtype
     n = y.shape[0]
+    eps = float(xp.finfo(dt).eps)
+    tol = max(1e-10, 16 * eps) if tol is None else tol
     te_max = float(te[-1])  # host: scalar bounds
     r2_lo, r2_hi = -20.0 / te_max, 200.0 / float(te[0])
-    lam = xp.full(n, 1e-3, dtype=dt)
-    converged = xp.zeros(n, dtype=bool)
+    tiny = xp.finfo(dt).tiny
 
     def model(s0_, r2_):
         e = xp.exp(-r2_[:, None] * te)
@@ -212,15 +216,22 @@ def _lm(y, te, w, s0, r2, *, sigma, max_iter, xp, tol=1e-9):
         mean, dmean = _rician(nu, sigma, xp)
         return mean, dmean * e, -dmean * nu * te
 
-    f, j0, j1 = model(s0, r2)
-    cost = (w * (y - f) ** 2).sum(axis=1)
+    s0 = s0.copy()
+    r2 = r2.copy()
+    converged = xp.zeros(n, dtype=bool)
+    act = xp.arange(n)
+    ya, wa, s0a, r2a = y, w, s0, r2
+    lam = xp.full(n, 1e-3, dtype=dt)
+    f, j0, j1 = model(s0a, r2a)
+    cost = (wa * (ya - f) ** 2).sum(axis=1)
+    scale = (wa * ya * ya).sum(axis=1)
     for _ in range(max_iter):
-        r = y - f
-        a11 = (w * j0 * j0).sum(axis=1)
-        a12 = (w * j0 * j1).sum(axis=1)
-        a22 = (w * j1 * j1).sum(axis=1)
-        g0 = (w * j0 * r).sum(axis=1)
-        g1 = (w * j1 * r).sum(axis=1)
+        r = ya - f
+        a11 = (wa * j0 * j0).sum(axis=1)
+        a12 = (wa * j0 * j1).sum(axis=1)
+        a22 = (wa * j1 * j1).sum(axis=1)
+        g0 = (wa * j0 * r).sum(axis=1)
+        g1 = (wa * j1 * r).sum(axis=1)
         b11 = a11 * (1.0 + lam)
         b22 = a22 * (1.0 + lam)
         det = b11 * b22 - a12 * a12
@@ -228,22 +239,30 @@ def _lm(y, te, w, s0, r2, *, sigma, max_iter, xp, tol=1e-9):
         det = xp.where(good, det, 1.0)
         d0 = xp.where(good, (b22 * g0 - a12 * g1) / det, 0.0)
         d1 = xp.where(good, (b11 * g1 - a12 * g0) / det, 0.0)
-        ns0 = xp.maximum(s0 + d0, 1e-12 * xp.abs(s0) + xp.finfo(dt).tiny)
-        nr2 = xp.clip(r2 + d1, r2_lo, r2_hi)  # keeps exp() finite whatever the step
+        ns0 = xp.maximum(s0a + d0, 1e-12 * xp.abs(s0a) + tiny)
+        nr2 = xp.clip(r2a + d1, r2_lo, r2_hi)  # keeps exp() finite whatever the step
         nf, nj0, nj1 = model(ns0, nr2)
-        ncost = (w * (y - nf) ** 2).sum(axis=1)
-        accept = (ncost <= cost) & xp.isfinite(ncost) & ~converged
-        small = (xp.abs(d1) <= tol * (xp.abs(r2) + 1.0)) & (xp.abs(d0) <= tol * (xp.abs(s0) + 1.0))
-        s0 = xp.where(accept, ns0, s0)
-        r2 = xp.where(accept, nr2, r2)
+        ncost = (wa * (ya - nf) ** 2).sum(axis=1)
+        accept = (ncost <= cost) & xp.isfinite(ncost)
+        small = (xp.abs(d1) <= tol * (xp.abs(r2a) + 1.0)) & (xp.abs(d0) <= tol * (xp.abs(s0a) + 1.0))
+        s0a = xp.where(accept, ns0, s0a)
+        r2a = xp.where(accept, nr2, r2a)
         f = xp.where(accept[:, None], nf, f)
         j0 = xp.where(accept[:, None], nj0, j0)
         j1 = xp.where(accept[:, None], nj1, j1)
         cost = xp.where(accept, ncost, cost)
         lam = xp.where(accept, xp.maximum(lam / 10.0, 1e-12), xp.minimum(lam * 10.0, 1e12))
-        converged = converged | (accept & small) | (cost <= 1e-30 * (w * y * y).sum(axis=1))
-        if bool(converged.all()):  # host: one scalar per iteration to stop early
+        done = (small & (accept | (lam >= 1e3))) | (cost <= 1e-30 * scale) | (lam >= 1e12)
+        s0[act] = s0a
+        r2[act] = r2a
+        converged[act] = done & (lam < 1e12)
+        keep = ~done
+        n_keep = int(keep.sum())  # host: one scalar per iteration
+        if n_keep == 0:
             break
+        if n_keep < keep.shape[0]:  # shrink the active set
+            act, ya, wa, s0a, r2a = act[keep], ya[keep], wa[keep], s0a[keep], r2a[keep]
+            f, j0, j1, cost, lam, scale = f[keep], j0[keep], j1[keep], cost[keep], lam[keep], scale[keep]
     return s0, r2, converged
 
 
