@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import float_dtype, get_array_module, special, to_device
+from ..backend import check_same_device, device_of, float_dtype, get_array_module, special, to_device
 from ..errors import GeometryError, InvivoWarning, ParameterError
 from ..volume import Volume
 
@@ -67,17 +67,83 @@ def _rician(nu, sigma, xp):
     return mean, dmean
 
 
-def rician_mean(nu, sigma):
-    """Expected magnitude of a signal ``nu`` with Gaussian noise ``sigma`` in each channel.
+def _bessel_i0e_i1e(xp):
+    """(i0e, i1e) of the array module, or None when only a host round trip will do."""
+    try:
+        sp = special(xp)
+        return sp.i0e, sp.i1e
+    except (ImportError, AttributeError):  # pragma: no cover - old CuPy
+        return None
 
-    ``sigma sqrt(pi/2) L_1/2(-nu^2 / 2 sigma^2)``; ``sigma sqrt(pi/2)`` at nu = 0 (Rayleigh),
-    -> ``sqrt(nu^2 + sigma^2)`` for nu >> sigma.
+
+#: Beyond this nu / sigma the two-term asymptote nu + sigma^2 / (2 nu) is exact in
+#: float64 (next term ~ (sigma/nu)^4), and nu^2 / (2 sigma^2) stays far from overflow.
+_RICIAN_ASYMPTOTE_RATIO = 1e8
+
+
+def rician_mean(nu, sigma):
+    """Expected magnitude of a Rician variable: ``sigma sqrt(pi/2) L_1/2(-nu^2 / (2 sigma^2))``.
+
+    Parameters
+    ----------
+    nu : float or ndarray
+        Noise-free magnitude (>= 0; the sign is ignored), NumPy or CuPy.
+    sigma : float or ndarray
+        Noise standard deviation per channel (>= 0), broadcastable to ``nu`` and on
+        its device.
+
+    Returns
+    -------
+    ndarray
+        ``E|nu + sigma (n1 + i n2)|``, float64 (float32 for float32 inputs), on the
+        device of the inputs.  ``sigma = 0`` gives ``|nu|``; ``nu = 0`` gives
+        ``sigma sqrt(pi/2)`` (Rayleigh); for ``nu >> sigma`` it tends to
+        ``sqrt(nu^2 + sigma^2)``.
+
+    Notes
+    -----
+    With ``x = nu^2 / (2 sigma^2)``, ``L_1/2(-x) = e^(-x/2) [(1 + x) I0(x/2) + x I1(x/2)]
+    = (1 + x) i0e(x/2) + x i1e(x/2)`` with the exponentially scaled Bessel functions
+    ``i0e``, ``i1e``: a sum of positive terms, accurate to rounding for any x, with
+    no overflow.  Beyond ``nu / sigma = 1e8`` the asymptote ``nu + sigma^2 / (2 nu)`` is
+    used (its error is below float64 resolution there).
+
+    Examples
+    --------
+    >>> float(rician_mean(0.0, 1.0)) == float(np.sqrt(np.pi / 2))
+    True
+    >>> round(float(rician_mean(100.0, 1.0)), 6)
+    100.005
     """
-    xp = get_array_module(nu)
-    nu = xp.asarray(nu)
-    if float(sigma) <= 0:
-        return xp.abs(nu)
-    return _rician(nu, float(sigma), xp)[0]
+    check_same_device(**{k: v for k, v in {'nu': nu, 'sigma': sigma}.items()
+                         if isinstance(v, np.ndarray) or device_of(v) == 'gpu'})
+    xp = get_array_module(nu, sigma)
+    nu = xp.abs(xp.asarray(nu))
+    sigma = xp.asarray(sigma)
+    dtype = np.float32 if nu.dtype == np.float32 and (sigma.dtype == np.float32 or sigma.ndim == 0) else np.float64
+    nu64 = nu.astype(np.float64)
+    s64 = sigma.astype(np.float64)
+    ok = s64 > 0
+    s_safe = xp.where(ok, s64, 1.0)
+    ratio = nu64 / s_safe
+    big = ratio > _RICIAN_ASYMPTOTE_RATIO
+    r = xp.where(big, 1.0, ratio)
+    x = 0.5 * r * r
+    fns = _bessel_i0e_i1e(xp)
+    if fns is None:  # pragma: no cover - old CuPy without cupyx.scipy.special.i0e
+        xh = to_device(x, "cpu")  # host: this CuPy has no i0e/i1e
+        import scipy.special as host_special
+
+        lag = xp.asarray((1.0 + xh) * host_special.i0e(0.5 * xh) + xh * host_special.i1e(0.5 * xh))
+    else:
+        i0e, i1e = fns
+        lag = (1.0 + x) * i0e(0.5 * x) + x * i1e(0.5 * x)
+    mean = s_safe * math.sqrt(math.pi / 2.0) * lag
+    nu_safe = xp.where(big, nu64, 1.0)
+    mean = xp.where(big, nu64 + s_safe * s_safe / (2.0 * nu_safe), mean)
+    mean = xp.where(ok, mean, nu64)
+    return mean.astype(dtype, copy=False)
+
 
 
 # ----------------------------------------------------------------------------- noise and masks
