@@ -22,6 +22,7 @@ COMMANDS = {
     "uptake": "uptake",
     "roi-stats": "roi_stats",
     "r2star": "r2star",
+    "spio": "spio",
     "demo": "demo",
 }
 

@@ -11,7 +11,7 @@ from ..errors import ParameterError
 from ..volume import Volume
 from .r2star import DEFAULT_METHOD, STATUS, R2StarModel
 
-__all__ = ["load_multiecho", "write_r2star", "output_names"]
+__all__ = ["load_multiecho", "write_r2star", "output_names", "spio_maps"]
 
 
 def _nii_stem(path: Path) -> str:
@@ -90,3 +90,104 @@ def write_r2star(path, out, *, method: str = DEFAULT_METHOD, echo_times_s=None, 
     io.nifti.save_many([(fit.volume(k), p) for k, p in names.items()], overwrite=overwrite,
                        inputs=[path] if not isinstance(path, Volume) else None, parameters=params)
     return names
+
+
+def _r2star_input(path_or_volume, what: str):
+    """An R2* map (3D, s^-1) and its status map, from a file written by invivo r2star, a multi-echo
+    series (fitted here with the default method), or Volumes."""
+    from .. import io
+
+    if isinstance(path_or_volume, Volume):
+        vol, status = path_or_volume, None
+    else:
+        p = Path(path_or_volume)
+        vol = io.load(p)
+        status = None
+        if str(p).endswith((".nii", ".nii.gz")):
+            names = output_names(p)
+            if names["status"].exists():  # status codes come back from NIfTI as floats
+                status = np.rint(np.asarray(io.load(names["status"]).data)).astype(np.uint8)
+    if vol.data.ndim == 4:  # multi-echo: fit it
+        me = load_multiecho(vol)
+        fit = R2StarModel(me.meta.echo_times_s).fit(me)
+        return fit.volume("r2star"), fit.status
+    if vol.meta.units not in (None, "s-1", "1/s", "Hz"):
+        raise ParameterError(f"{what}: expected an R2* map in s-1, got units {vol.meta.units!r}")
+    return vol, status
+
+
+def spio_maps(pre, post, *, relaxivity, pg_fe_per_cell: float | None = None, masks=None, out_dir=None,
+              overwrite: bool = False) -> dict:
+    """dR2*, iron and labeled-cell maps from co-registered pre/post R2* (what ``invivo spio`` does).
+
+    Parameters
+    ----------
+    pre, post : str, Path or Volume
+        R2* maps (s^-1, e.g. from ``invivo r2star``; a ``_status`` map beside them is
+        honoured) or multi-echo series, which are fitted with the default method.  Same grid.
+    relaxivity : float or invivo.relax.iron.Relaxivity
+        r2* of the iron in s^-1 mM^-1 -- always explicit: cell-internalised particles
+        differ from free ones; a labeled-cell phantom calibration is the honest value.
+    pg_fe_per_cell : float, optional
+        Iron per labeled cell (pg); gives a cells-per-voxel map.
+    masks : dict of name -> mask (path or Volume), optional
+        Regions for the table (iron mean / total, cells).
+    out_dir : str or Path, optional
+        Write ``dr2star``, ``fe_mM``, ``fe_ug``, ``cells`` (with ``pg_fe_per_cell``), ``status``
+        NIfTI maps and ``roi.tsv``, all or nothing.
+
+    Returns
+    -------
+    dict with the Volumes (``dr2star``, ``fe_mM``, ``fe_ug``, ``cells``, ``status``), ``table``
+    (pandas DataFrame, or None) and ``paths`` (when written).
+    """
+    import pandas as pd
+
+    from .. import io, roi
+    from . import iron
+
+    pre_v, pre_s = _r2star_input(pre, "pre")
+    post_v, post_s = _r2star_input(post, "post")
+    if not pre_v.same_grid(post_v):
+        raise ParameterError(f"pre {pre_v.shape} and post {post_v.shape} R2* maps are on different grids: "
+                             "co-register post to pre first (invivo register)")
+    status = iron.delta_status(pre_s if pre_s is not None else np.zeros(pre_v.shape, np.uint8),
+                               post_s if post_s is not None else np.zeros(post_v.shape, np.uint8))
+    dr2 = iron.delta_r2star(pre_v, post_v, pre_status=pre_s, post_status=post_s)
+    fe = iron.iron_concentration(dr2, relaxivity=relaxivity)
+    fe_ug = iron.iron_mass_ug(fe)
+    out = {"dr2star": dr2, "fe_mM": fe, "fe_ug": fe_ug, "status": pre_v.with_data(status, units="code")}
+    if pg_fe_per_cell is not None:
+        out["cells"] = iron.cell_count(fe_ug, pg_fe_per_cell=pg_fe_per_cell)
+    table = None
+    if masks:
+        mvols = {name: (m if isinstance(m, Volume) else io.load(m)) for name, m in masks.items()}
+        mvols = {name: roi.match_mask(m, pre_v) for name, m in mvols.items()}
+        rows = iron.roi_iron(fe, mvols)
+        recs = []
+        for name, r in rows.items():
+            rec = {"roi": name, **r}
+            d = roi.stats(dr2, mvols[name])
+            rec["dr2star_mean_per_s"] = d["mean"]
+            if pg_fe_per_cell is not None:
+                rec["cells_total"] = float(r["total_ug"]) * 1e6 / float(pg_fe_per_cell)
+            recs.append(rec)
+        table = pd.DataFrame(recs)
+    result = {**out, "table": table, "paths": None}
+    if out_dir is not None:
+        od = Path(out_dir)
+        items = [(v, od / f"{k}.nii.gz") for k, v in out.items()]
+        params = {"relaxivity_per_mM_per_s": float(getattr(relaxivity, "r2star_per_mm_per_s", relaxivity)),
+                  "pg_fe_per_cell": pg_fe_per_cell}
+        tsv = od / "roi.tsv"
+        if table is not None and tsv.exists() and not overwrite:
+            from ..errors import OutputExistsError
+
+            raise OutputExistsError(f"{tsv} already exists; pass --overwrite")
+        inputs = [p for p in (pre, post) if not isinstance(p, Volume)]
+        paths = io.nifti.save_many(items, overwrite=overwrite, inputs=inputs, parameters=params)
+        if table is not None:
+            io.nifti.atomic_write({tsv: lambda tmp: table.to_csv(tmp, sep="\t", index=False)}, overwrite=True)
+            paths.append(tsv)
+        result["paths"] = paths
+    return result
