@@ -56,12 +56,31 @@ def r2star_signal(s0, r2star, echo_times_s):
     return xp.asarray(s0)[..., None] * xp.exp(-xp.asarray(r2star)[..., None] * te)
 
 
+_ASYMPTOTIC_Z = 40.0  # above this i0e/i1e follow their 4-term asymptotic series to < 1e-8 relative
+
+
+def _i0e_i1e(z, xp):
+    """Exponentially scaled Bessel I0 and I1: the asymptotic series where z is large (cheap), the
+    library functions elsewhere (only on those elements)."""
+    big = z > _ASYMPTOTIC_Z
+    zb = xp.where(big, z, _ASYMPTOTIC_Z)
+    u = 1.0 / (8.0 * zb)
+    pre = 1.0 / xp.sqrt(2.0 * math.pi * zb)
+    i0 = pre * (1.0 + u * (1.0 + u * (4.5 + u * 37.5)))          # 1 + 1/8z + 9/2(8z)^2 + 225/6(8z)^3
+    i1 = pre * (1.0 - u * (3.0 + u * (7.5 + u * 52.5)))          # 1 - 3/8z - 15/2(8z)^2 - 315/6(8z)^3
+    small = ~big
+    if bool(small.any()):  # host: one scalar to skip the library call when every element is large
+        sp = special(xp)
+        zs = z[small]
+        i0[small] = sp.i0e(zs)
+        i1[small] = sp.i1e(zs)
+    return i0, i1
+
+
 def _rician(nu, sigma, xp):
     """Rician mean A(nu, sigma) and dA/dnu, stable for any nu / sigma (exponentially scaled Bessel functions)."""
-    sp = special(xp)
     x = nu * nu / (2.0 * sigma * sigma)
-    i0 = sp.i0e(x / 2.0)
-    i1 = sp.i1e(x / 2.0)
+    i0, i1 = _i0e_i1e(x / 2.0, xp)
     mean = sigma * _SQRT_HALF_PI * ((1.0 + x) * i0 + x * i1)
     dmean = _SQRT_HALF_PI * nu / (2.0 * sigma) * (i0 + i1)
     return mean, dmean
@@ -310,7 +329,16 @@ def _lm(y, te, w, s0, r2, *, sigma, max_iter, xp, tol=None):
         nf, nj0, nj1 = model(ns0, nr2)
         ncost = (wa * (ya - nf) ** 2).sum(axis=1)
         accept = (ncost <= cost) & xp.isfinite(ncost)
-        small = (xp.abs(d1) <= tol * (xp.abs(r2a) + 1.0)) & (xp.abs(d0) <= tol * (xp.abs(s0a) + 1.0))
+        # a step is negligible below float precision, or below 1e-3 of the parameter's own standard
+        # error (estimated from the residual): further digits would be noise, not information
+        dof = xp.maximum(wa.sum(axis=1) - 2.0, 1.0)
+        det_a = a11 * a22 - a12 * a12
+        det_a = xp.where(det_a > 0, det_a, xp.inf)
+        s2 = cost / dof
+        sd1 = xp.sqrt(s2 * a11 / det_a)
+        sd0 = xp.sqrt(s2 * a22 / det_a)
+        small = ((xp.abs(d1) <= xp.maximum(tol * (xp.abs(r2a) + 1.0), 1e-3 * sd1))
+                 & (xp.abs(d0) <= xp.maximum(tol * (xp.abs(s0a) + 1.0), 1e-3 * sd0)))
         s0a = xp.where(accept, ns0, s0a)
         r2a = xp.where(accept, nr2, r2a)
         f = xp.where(accept[:, None], nf, f)
