@@ -58,3 +58,19 @@ def test_relaxivity_from_table_and_errors(maps, capsys):
     assert main(args + ["--relaxivity", "-5", "--out-dir", str(root / "o4")]) == 2
     assert main(args + ["--relaxivity", "ferumoxytol@3", "--out-dir", str(root / "o2")]) == 2  # exists
     assert not (root / "o3").exists() and not (root / "o4").exists()
+
+
+def test_pre_post_on_different_grids(tmp_path):
+    from invivo import Meta, Volume
+    from invivo.errors import GeometryError
+    from invivo.relax.maps import spio_maps
+
+    a = Volume(np.full((4, 4, 4), 20.0), np.eye(4), Meta(units="s-1"))
+    b = Volume(np.full((4, 4, 5), 30.0), np.eye(4), Meta(units="s-1"))
+    with pytest.raises(GeometryError, match="different grids"):
+        spio_maps(a, b, relaxivity=RELAX)
+    c = Volume(np.full((4, 4, 4), 30.0), np.eye(4), Meta(units="s-1"))
+    res = spio_maps(a, c, relaxivity=RELAX, pg_fe_per_cell=10.0)
+    np.testing.assert_allclose(res["fe_mM"].data, 10.0 / RELAX, rtol=1e-12)
+    np.testing.assert_allclose(res["cells"].data, 10.0 / RELAX * 1e-3 * iron.FE_MOLAR_MASS_G_PER_MOL * 1e6 / 10.0,
+                               rtol=1e-12)

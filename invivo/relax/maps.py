@@ -149,7 +149,9 @@ def spio_maps(pre, post, *, relaxivity, pg_fe_per_cell: float | None = None, mas
     pre_v, pre_s = _r2star_input(pre, "pre")
     post_v, post_s = _r2star_input(post, "post")
     if not pre_v.same_grid(post_v):
-        raise ParameterError(f"pre {pre_v.shape} and post {post_v.shape} R2* maps are on different grids: "
+        from ..errors import GeometryError
+
+        raise GeometryError(f"pre {pre_v.shape} and post {post_v.shape} R2* maps are on different grids: "
                              "co-register post to pre first (invivo register)")
     status = iron.delta_status(pre_s if pre_s is not None else np.zeros(pre_v.shape, np.uint8),
                                post_s if post_s is not None else np.zeros(post_v.shape, np.uint8))
