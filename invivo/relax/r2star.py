@@ -204,8 +204,10 @@ def body_mask(data, *, fill_holes: bool = True):
     if n > 1:
         sizes = ndimage.sum(m, lab, index=np.arange(1, n + 1))
         m = lab == (1 + int(np.argmax(sizes)))
-    if fill_holes:
+    if fill_holes:  # slice by slice too: a dark vial running through every slice is no 3D hole
         m = ndimage.binary_fill_holes(m)
+        for k in range(m.shape[2]):
+            m[:, :, k] = ndimage.binary_fill_holes(m[:, :, k])
     return xp.asarray(m)
 
 
@@ -238,7 +240,11 @@ def estimate_sigma(data, *, background=None) -> float:
     if n < 100:
         raise ParameterError(f"estimate_sigma: only {n} background values; give the noise sigma explicitly "
                              "(--sigma) or a background mask")
-    return float(xp.mean(xp.abs(vals))) / _SQRT_HALF_PI
+    sigma = float(xp.mean(xp.abs(vals))) / _SQRT_HALF_PI
+    if not sigma > 0:
+        raise ParameterError("estimate_sigma: the background is exactly zero (a noise-free or masked image); "
+                             "give the noise sigma explicitly (--sigma)")
+    return sigma
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -575,12 +581,17 @@ class R2StarModel:
         rsq = xp.where(sst > 0, 1.0 - res.sum(axis=1) / xp.where(sst > 0, sst, 1.0), 1.0)
         e = xp.exp(-r2[:, None] * te)
         j0, j1 = e, -s0[:, None] * te * e
+        if self.method == "rician":  # the model fitted is the Rician mean: chain rule through dA/dnu
+            dmean = _rician(s0[:, None] * e, sigma, xp)[1]
+            j0, j1 = dmean * j0, dmean * j1
         a11 = (w * j0 * j0).sum(axis=1)
         a12 = (w * j0 * j1).sum(axis=1)
         a22 = (w * j1 * j1).sum(axis=1)
         det = a11 * a22 - a12 * a12
         dof = w.sum(axis=1) - 2.0
         s2 = xp.where(dof > 0, res.sum(axis=1) / xp.where(dof > 0, dof, 1.0), 0.0)
+        if self.method == "rician":  # the noise is known: sigma^2 (J'J)^-1 (the residual of Rician data underestimates it)
+            s2 = xp.full_like(s2, sigma * sigma)
         okdet = det > 0
         var_s0 = xp.where(okdet, s2 * a22 / xp.where(okdet, det, 1.0), 0.0)
         var_r2 = xp.where(okdet, s2 * a11 / xp.where(okdet, det, 1.0), 0.0)
