@@ -1,0 +1,310 @@
+"""R2* benchmark: voxel-fits/s of every R2StarModel method beside a per-voxel scipy curve_fit loop.
+
+Synthetic multi-echo data, generated once per size: N voxels x 8 echoes (TE 2-23 ms, 3 ms
+apart), float32, S0 = 1000, R2* uniform 10-400 s^-1, Rician noise with sigma = S0 / 50
+(SNR 50), seeded.  Every method fits all voxels at once with the known sigma
+(``R2StarModel(te, method=m).fit(y, sigma=sigma)``), on CPU (NumPy) and, when CuPy
+sees a CUDA device, on GPU (data moved once with ``invivo.backend.to_device``, timings
+closed by ``cupy.cuda.Device().synchronize()``, one untimed warm-up run per method).
+
+    python benchmarks/r2star.py [--sizes 1e5,1e6,1e7] [--methods loglin,arlo] [--device cpu|gpu|both]
+                                [--repeat 3] [--max-seconds 300] [--curve-fit-sample 500]
+
+Columns: best and median wall time over the runs, voxel-fits/s from the best, and for
+``loglin`` and ``arlo`` the effective bandwidth: bytes read (the N x 8 float32 input)
+plus bytes written (every array of the R2StarFit: params and variance (N, 2) float32,
+residual, r_squared and r2star_ceiling float32, status and echoes_used uint8; 30 B per
+voxel) over the best time.  ``x curve_fit`` is fits/s over the fits/s of the peer
+baseline: ``scipy.optimize.curve_fit`` (mono-exponential, float64, p0 = S(TE1) and the R2*
+of the first two echoes, default MINPACK Levenberg-Marquardt) looped over a seeded sample
+of voxels; ``x bounded`` is the same loop with bounds S0, R2* >= 0, which switches
+curve_fit to its trust-region reflective solver, as tedana's per-voxel loop does.  A
+final table gives each method's median relative R2* bias (over voxels with status ok)
+at the largest size it ran.
+
+A cell is skipped, with the reason printed, when its estimated time (seconds per voxel
+from the last size measured, first from a 1e5-voxel probe) exceeds --max-seconds for a
+single run, or its estimated peak memory (bytes per voxel traced in the probe) exceeds
+80 % of the memory available; otherwise runs stop early when one more would take the
+cell past --max-seconds (the ``runs`` column says how many were made).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import platform
+import sys
+import time
+import tracemalloc
+import warnings
+from datetime import date
+
+import numpy as np
+
+S0 = 1000.0
+SNR = 50.0
+SIGMA = S0 / SNR
+ECHO_TIMES_S = np.linspace(0.002, 0.023, 8)
+R2_RANGE = (10.0, 400.0)
+PROBE_VOXELS = 100_000
+BANDWIDTH_METHODS = ("loglin", "arlo")
+
+
+def make_data(n: int, *, seed: int = 0, chunk: int = 1_000_000):
+    """(signal float32 (n, 8), true R2* float64 (n,)): Rician magnitude, built in chunks to bound float64 temporaries."""
+    rng = np.random.default_rng(seed)
+    y = np.empty((n, ECHO_TIMES_S.size), dtype=np.float32)
+    r2 = np.empty(n, dtype=np.float64)
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        r2[a:b] = rng.uniform(*R2_RANGE, b - a)
+        s = S0 * np.exp(-np.outer(r2[a:b], ECHO_TIMES_S))
+        re = s + SIGMA * rng.standard_normal(s.shape)
+        im = SIGMA * rng.standard_normal(s.shape)
+        y[a:b] = np.hypot(re, im)
+    return y, r2
+
+
+def _sync(device):
+    if device == "gpu":
+        from invivo.backend import cupy
+
+        cupy.cuda.Device().synchronize()
+
+
+def _fit(model, y, device):
+    fit = model.fit(y, sigma=SIGMA)
+    _sync(device)
+    return fit
+
+
+def _written_bytes(fit) -> int:
+    return sum(int(a.nbytes) for a in (fit.params, fit.variance, fit.status, fit.echoes_used, fit.residual,
+                                      fit.r_squared, fit.r2star_ceiling))
+
+
+def time_runs(fn, runs, budget_s=float("inf")):
+    """(best, median, last result, calls made) of up to ``runs`` calls, wall time in seconds.
+
+    Stops early when one more call (as long as the slowest so far) would pass ``budget_s`` in all.
+    """
+    times, out = [], None
+    for _ in range(runs):
+        if times and sum(times) + max(times) > budget_s:
+            break
+        out = None
+        gc.collect()
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), float(np.median(times)), out, len(times)
+
+
+def curve_fit_rate(y, *, sample, repeat, bounded=False, seed=1):
+    """Per-voxel scipy.optimize.curve_fit loop on ``sample`` voxels: (best s, median s, fits/s, failures).
+
+    ``bounded=False``: curve_fit's default, MINPACK Levenberg-Marquardt.  ``bounded=True``:
+    S0, R2* >= 0, which makes curve_fit use its trust-region reflective solver (as tedana does).
+    """
+    from scipy.optimize import OptimizeWarning, curve_fit
+
+    te = ECHO_TIMES_S
+
+    def model(t, s0, r2):
+        return s0 * np.exp(-r2 * t)
+
+    idx = np.random.default_rng(seed).choice(y.shape[0], size=min(sample, y.shape[0]), replace=False)
+    ys = y[idx].astype(np.float64)
+    kw = {"bounds": ((0.0, 0.0), (np.inf, np.inf))} if bounded else {}
+
+    def loop():
+        failed = 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", OptimizeWarning)
+            for v in ys:
+                r0 = np.log(max(v[0], 1e-6) / max(v[1], 1e-6)) / (te[1] - te[0])
+                try:
+                    curve_fit(model, te, v, p0=(v[0], max(r0, 1.0)), **kw)
+                except RuntimeError:
+                    failed += 1
+        return failed
+
+    best, med, failed, _ = time_runs(loop, repeat)
+    return best, med, ys.shape[0] / best, failed
+
+
+def _mem_available() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024.0
+    except OSError:
+        pass
+    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def _gpu_mem_available() -> float:
+    from invivo.backend import cupy
+
+    pool = cupy.get_default_memory_pool()
+    return float(cupy.cuda.Device().mem_info[0] + pool.free_bytes())
+
+
+def probe(model, y, device):
+    """(seconds per voxel, peak bytes per voxel) of one fit of ``y`` (after a warm-up on GPU)."""
+    n = y.shape[0]
+    if device == "gpu":
+        from invivo.backend import cupy
+
+        _fit(model, y, device)  # warm-up: kernel compilation
+        pool = cupy.get_default_memory_pool()
+        pool.free_all_blocks()
+        t = time.perf_counter()
+        _fit(model, y, device)
+        dt = time.perf_counter() - t
+        peak = pool.total_bytes()  # the pool keeps every block it needed: its high-water mark
+        pool.free_all_blocks()
+        return dt / n, peak / n
+    t = time.perf_counter()
+    _fit(model, y, device)
+    dt = time.perf_counter() - t
+    tracemalloc.start()  # NumPy reports its buffers to tracemalloc
+    _fit(model, y, device)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return dt / n, peak / n
+
+
+def _fmt_n(n: int) -> str:
+    """1e5, 2.5e6, ...: voxel counts as the --sizes option takes them."""
+    if n < 1000:
+        return str(n)
+    e = int(np.floor(np.log10(n)))
+    return f"{n / 10 ** e:.3g}e{e}"
+
+
+def main(argv=None):
+    from invivo.backend import has_gpu, to_device
+    from invivo.relax.r2star import METHODS, STATUS, R2StarModel
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="1e5,1e6,1e7", help="voxel counts, comma separated (default 1e5,1e6,1e7)")
+    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma separated, from {', '.join(METHODS)}")
+    ap.add_argument("--device", choices=("cpu", "gpu", "both"), default="both")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--max-seconds", type=float, default=300.0, help="time budget per cell (method x size x device)")
+    ap.add_argument("--curve-fit-sample", type=int, default=500, help="voxels fitted by the curve_fit loop")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+
+    sizes = sorted({int(float(s)) for s in args.sizes.split(",") if s.strip()})
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not sizes or min(sizes) < 1 or args.repeat < 1:
+        ap.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}" if unknown
+                 else "--sizes must be positive and --repeat >= 1")
+    devices = ["cpu", "gpu"] if args.device == "both" else [args.device]
+    if "gpu" in devices and not has_gpu():
+        print("# GPU figures need a CUDA device with CuPy (pip install -e '.[gpu]'); none here: GPU rows skipped")
+        devices.remove("gpu")
+        if not devices:
+            return 0
+
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpu_name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu_name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import scipy
+
+    print(f"# {date.today().isoformat()}  {cpus} CPU cores ({cpu_name}), numpy {np.__version__}, scipy {scipy.__version__}")
+    if "gpu" in devices:
+        from invivo.backend import cupy
+
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        print(f"# GPU: {name}, CuPy {cupy.__version__}")
+    print(f"# {ECHO_TIMES_S.size} echoes TE {1e3 * ECHO_TIMES_S[0]:g}-{1e3 * ECHO_TIMES_S[-1]:g} ms, float32, "
+          f"S0 {S0:g}, sigma {SIGMA:g} (SNR {SNR:g}), R2* uniform {R2_RANGE[0]:g}-{R2_RANGE[1]:g} s^-1, seed {args.seed}")
+
+    te = ECHO_TIMES_S
+    models = {m: R2StarModel(te, method=m) for m in methods}
+    y_probe, _ = make_data(min(PROBE_VOXELS, sizes[0]), seed=args.seed + 12345)
+
+    cf_rate = {}
+    for bounded, what in ((False, "Levenberg-Marquardt (default, no bounds)"), (True, "bounds >= 0 (trust-region reflective)")):
+        best_cf, med_cf, cf_rate[bounded], cf_failed = curve_fit_rate(y_probe, sample=args.curve_fit_sample,
+                                                                      repeat=args.repeat, bounded=bounded)
+        print(f"# peer: scipy.optimize.curve_fit loop, {what}, {min(args.curve_fit_sample, y_probe.shape[0])} voxels: "
+              f"best {best_cf:.2f} s (median {med_cf:.2f}), {cf_rate[bounded]:.0f} fits/s, {cf_failed} failed")
+
+    per_voxel_s, per_voxel_b = {}, {}
+    for dev in devices:
+        yp = to_device(y_probe, dev)
+        for m in methods:
+            per_voxel_s[dev, m], per_voxel_b[dev, m] = probe(models[m], yp, dev)
+        del yp
+    print(f"# probe ({y_probe.shape[0]} voxels) peak bytes/voxel: "
+          + ", ".join(f"{dev} {m} {per_voxel_b[dev, m]:.0f}" for dev in devices for m in methods))
+
+    header = (f"{'device':6s} {'method':10s} {'voxels':>6s} {'runs':>4s} {'best s':>8s} {'median s':>9s} "
+              f"{'fits/s':>9s} {'GB/s':>6s} {'x curve_fit':>11s} {'x bounded':>9s}")
+    print(header)
+    bias = {}
+    written_per_voxel = None
+    for n in sizes:
+        t = time.perf_counter()
+        y_host, r2_true = make_data(n, seed=args.seed)
+        print(f"# generated {_fmt_n(n)} voxels in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        for dev in devices:
+            y = to_device(y_host, dev)
+            avail = _gpu_mem_available() if dev == "gpu" else _mem_available()
+            for m in methods:
+                label = f"{dev:6s} {m:10s} {_fmt_n(n):>6s}"
+                est_s = per_voxel_s[dev, m] * n
+                est_b = per_voxel_b[dev, m] * n
+                if est_b > 0.8 * avail:
+                    print(f"{label}  skipped: needs ~{est_b / 1e9:.2f} GB, over 80 % of the {avail / 1e9:.2f} GB available")
+                    continue
+                if est_s > args.max_seconds:
+                    print(f"{label}  skipped: one run would take ~{est_s:.0f} s > --max-seconds {args.max_seconds:g}")
+                    continue
+                best, med, fit, runs = time_runs(lambda: _fit(models[m], y, dev), args.repeat, args.max_seconds)
+                per_voxel_s[dev, m] = best / n
+                written = _written_bytes(fit)
+                written_per_voxel = written / n
+                rate = n / best
+                gbs = f"{(int(y.nbytes) + written) / best / 1e9:6.2f}" if m in BANDWIDTH_METHODS else f"{'-':>6s}"
+                print(f"{label} {runs:4d} {best:8.3f} {med:9.3f} {rate:9.3g} {gbs} "
+                      f"{rate / cf_rate[False]:11.0f} {rate / cf_rate[True]:9.0f}", flush=True)
+                status = to_device(fit.status, "cpu")
+                r2_fit = to_device(fit.r2star, "cpu").astype(np.float64)
+                ok = status == STATUS["ok"]
+                rel = (r2_fit[ok] - r2_true[ok]) / r2_true[ok]
+                bias[dev, m] = (n, 100.0 * float(np.median(rel)), 100.0 * float(ok.mean()))
+                del fit, status, r2_fit, ok, rel
+            del y
+            if dev == "gpu":
+                from invivo.backend import cupy
+
+                cupy.get_default_memory_pool().free_all_blocks()
+        del y_host, r2_true
+        gc.collect()
+
+    if written_per_voxel is not None:
+        print(f"# GB/s counts {ECHO_TIMES_S.size * 4} B/voxel read (float32 echoes) + {written_per_voxel:.0f} B/voxel "
+              "written (params, variance, residual, r_squared, r2star_ceiling float32; status, echoes_used uint8)")
+    print("\n# median relative R2* bias over status-ok voxels, at the largest size each method ran")
+    print(f"{'device':6s} {'method':10s} {'voxels':>6s} {'bias %':>7s} {'ok %':>6s}")
+    for (dev, m), (n, b, okp) in bias.items():
+        print(f"{dev:6s} {m:10s} {_fmt_n(n):>6s} {b:7.2f} {okp:6.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
