@@ -34,6 +34,7 @@ import numpy as np
 from ..backend import check_same_device, float_dtype, get_array_module
 from ..errors import GeometryError, InvivoWarning, ParameterError, UnitsError
 from ..volume import Volume
+from .r2star import check_echo_times
 
 __all__ = [
     "FE_MOLAR_MASS_G_PER_MOL",
@@ -620,18 +621,6 @@ def cell_count(iron_ug, *, pg_fe_per_cell: float):
 
 # -- noise and detection limits ----------------------------------------------------------------
 
-def _echo_times(echo_times_s) -> np.ndarray:
-    te = np.asarray(echo_times_s, dtype=np.float64).ravel()  # host: a handful of echo times
-    if te.size < 2:
-        raise ParameterError(f"echo_times_s needs at least 2 echoes to estimate R2*, got {te.tolist()}")
-    if not np.all(np.isfinite(te)) or np.any(te <= 0):
-        raise ParameterError(f"echo_times_s must be positive finite seconds, got {te.tolist()}")
-    if np.any(np.diff(te) <= 0):
-        raise ParameterError(f"echo_times_s must be strictly increasing, got {te.tolist()}")
-    if te[-1] > 1.0:
-        raise ParameterError(f"echo_times_s look like milliseconds ({te.tolist()}); pass seconds (ms / 1000)")
-    return te
-
 
 def r2star_sd_from_noise(s0, echo_times_s, r2star, sigma):
     """Cramér-Rao lower bound on the standard deviation of R2*, s^-1.
@@ -680,7 +669,7 @@ def r2star_sd_from_noise(s0, echo_times_s, r2star, sigma):
     >>> round(sd, 6)   # two echoes: sqrt(e1^-2 + e2^-2) / (S0 dt)
     8.235939
     """
-    te = _echo_times(echo_times_s)
+    te = check_echo_times(echo_times_s)
     scalar = all(_is_scalar(x) for x in (s0, r2star, sigma))
     arrays = {n: (x.data if isinstance(x, Volume) else x) for n, x in (("s0", s0), ("r2star", r2star), ("sigma", sigma))
               if not _is_scalar(x)}

@@ -38,6 +38,7 @@ from ..errors import GeometryError, InvivoWarning, ParameterError
 from ..volume import Volume
 
 __all__ = ["R2StarModel", "R2StarFit", "METHODS", "STATUS", "DEFAULT_METHOD", "r2star_signal", "rician_mean",
+           "check_echo_times",
            "estimate_sigma", "body_mask"]
 
 #: per-voxel status codes of a fit
@@ -173,6 +174,24 @@ def rician_mean(nu, sigma):
     mean = xp.where(ok, mean, nu64)
     return mean.astype(dtype, copy=False)
 
+
+
+def check_echo_times(echo_times_s) -> np.ndarray:
+    """Validate echo times once: >= 2, positive, finite, strictly increasing, seconds (not ms).
+
+    Returns them as a float64 host array; raises ParameterError naming the problem.
+    """
+    te = np.asarray(to_device(echo_times_s, "cpu"), dtype=np.float64).ravel()  # host: a handful of numbers
+    if te.size < 2:
+        raise ParameterError(f"echo_times_s: R2* needs at least 2 echoes, got {te.size}")
+    if not np.all(np.isfinite(te)) or np.any(te <= 0):
+        raise ParameterError(f"echo_times_s must be positive and finite, got {te.tolist()}")
+    if np.any(np.diff(te) <= 0):
+        raise ParameterError(f"echo_times_s must be strictly increasing without duplicates, got {te.tolist()}")
+    if te.max() > 0.5:
+        raise ParameterError(f"echo_times_s {te.tolist()} look like milliseconds: give seconds "
+                             "(e.g. 0.002 for 2 ms)")
+    return te
 
 
 # ----------------------------------------------------------------------------- noise and masks
@@ -477,16 +496,7 @@ class R2StarModel:
 
     def __init__(self, echo_times_s, *, method: str = DEFAULT_METHOD, max_iter: int = 50, noise_k: float = 3.0,
                  wls_iterations: int = 3):
-        te = np.asarray(to_device(echo_times_s, "cpu"), dtype=np.float64).ravel()
-        if te.size < 2:
-            raise ParameterError(f"echo_times_s: R2* needs at least 2 echoes, got {te.size}")
-        if not np.all(np.isfinite(te)) or np.any(te <= 0):
-            raise ParameterError(f"echo_times_s must be positive and finite, got {te.tolist()}")
-        if np.any(np.diff(te) <= 0):
-            raise ParameterError(f"echo_times_s must be strictly increasing without duplicates, got {te.tolist()}")
-        if te.max() > 0.5:
-            raise ParameterError(f"echo_times_s {te.tolist()} look like milliseconds: give seconds "
-                                 "(e.g. 0.002 for 2 ms)")
+        te = check_echo_times(echo_times_s)
         if method not in METHODS:
             raise ParameterError(f"unknown R2* method {method!r}; valid methods: {', '.join(METHODS)}")
         if method == "arlo":
