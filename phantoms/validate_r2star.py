@@ -55,6 +55,14 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import fmt_err as _fmt_err, guarded as _guarded, rel as _rel, render  # noqa: E402
+from _report import fmt as _fmt_any  # noqa: E402
+
+
+def _fmt(v) -> str:
+    return _fmt_any(v, 8)
+
 REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- constants
@@ -108,20 +116,6 @@ class Row:
     status: str  # PASS, FAIL, INFO, BELOW or SKIP
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, str):
-        return v
-    return f"{float(v):.8g}"
-
-
-def _fmt_err(v, scale) -> str:
-    if v is None:
-        return "-"
-    return f"{v:.2e} {scale}".rstrip()
-
-
 class Table:
     def __init__(self):
         self.rows: list[Row] = []
@@ -150,19 +144,7 @@ class Table:
         head = ("case", "method", "quantity", "truth", "recovered", "error", "tolerance", "status")
         cells = [head] + [(r.case, r.method, r.quantity, _fmt(r.truth), _fmt(r.recovered), _fmt_err(r.error, r.scale),
                            _fmt_err(r.tolerance, r.scale), r.status) for r in self.rows]
-        widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-        right = {3, 4, 5, 6}
-
-        def line(c):
-            return "  ".join(s.rjust(w) if i in right else s.ljust(w) for i, (s, w) in enumerate(zip(c, widths))).rstrip()
-
-        out = [line(head), "  ".join("-" * w for w in widths)]
-        out += [line(c) for c in cells[1:]]
-        return "\n".join(out)
-
-
-def _rel(recovered, truth) -> float:
-    return abs(float(recovered) / float(truth) - 1.0)
+        return render(head, cells[1:], {3, 4, 5, 6})
 
 
 def _worst(table, case, method, quantity, entries, scale="rel") -> Row:
@@ -565,22 +547,6 @@ def validate_dicom(table: Table, part4: dict, workdir: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- main
-def _guarded(table: Table, case: str, fn, *args, **kwargs):
-    """Run one part: an InvivoError becomes a FAIL row; warnings become notes under the table."""
-    import invivo
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            out = fn(*args, **kwargs)
-        except invivo.InvivoError as e:
-            table.fail(case, "raised", f"{type(e).__name__}: {e}")
-            out = None
-    for w in caught:
-        table.notes.append(f"{case}: {w.category.__name__}: {w.message}")
-    return out
-
-
 def _parse(argv):
     p = argparse.ArgumentParser(prog="validate_r2star.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",

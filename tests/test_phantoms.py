@@ -1,47 +1,21 @@
 """The validation scripts in phantoms/: they run, pass, and fail when the truth is wrong."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-from .conftest import DATA
-
-PHANTOMS = Path(__file__).resolve().parents[1] / "phantoms"
-
-
-def _load(name: str):
-    path = PHANTOMS / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"phantoms_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up by name
-    spec.loader.exec_module(mod)
-    return mod
+from .conftest import DATA, load_phantom_script, table_rows
 
 
 @pytest.fixture(scope="module")
 def vu():
-    return _load("validate_uptake")
-
-
-def _table_rows(out: str) -> list[str]:
-    """The rows of the printed table: the lines between the dashes and the first blank line."""
-    lines = out.splitlines()
-    start = next(i for i, ln in enumerate(lines) if ln.startswith("-----"))
-    rows = []
-    for ln in lines[start + 1:]:
-        if not ln.strip():
-            break
-        rows.append(ln)
-    return rows
+    return load_phantom_script("validate_uptake")
 
 
 def test_validate_uptake_quick_passes(vu, capsys):
     rc = vu.main(["--quick"])
     out = capsys.readouterr().out
-    rows = _table_rows(out)
+    rows = table_rows(out)
     status = [r.split()[-1] for r in rows]
     assert rc == 0, out
     assert "FAIL" not in status, out
