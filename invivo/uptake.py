@@ -52,13 +52,14 @@ import re
 import struct
 import warnings
 from collections.abc import Sequence
-from datetime import date, datetime, time, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 
 from . import isotopes
 from .backend import float_dtype, get_array_module
+from .dicomtime import combine as _combine, parse_da as _parse_da, parse_dt as _parse_dt, parse_tm as _parse_tm
 from .errors import DicomError, InvivoError, InvivoWarning, MissingTagError, ParameterError, UnitsError
 from .volume import Meta, Subject, Tracer, Volume
 
@@ -204,64 +205,6 @@ def _text(v) -> str | None:
 # ----------------------------------------------------------------------------
 # DICOM dates and times
 # ----------------------------------------------------------------------------
-def _parse_da(v) -> date | None:
-    if v is None:
-        return None
-    if isinstance(v, datetime):
-        return v.date()
-    if isinstance(v, date):
-        return v
-    s = re.sub(r"[^0-9]", "", str(v))
-    if len(s) < 8:
-        return None
-    try:
-        return date(int(s[:4]), int(s[4:6]), int(s[6:8]))
-    except ValueError:
-        return None
-
-
-def _parse_tm(v) -> time | None:
-    if v is None:
-        return None
-    if isinstance(v, datetime):
-        return v.time().replace(tzinfo=None)
-    if isinstance(v, time):
-        return v.replace(tzinfo=None)
-    s = str(v).strip().replace(":", "")
-    m = re.fullmatch(r"(\d{2})(\d{2})?(\d{2})?(?:\.(\d{1,6}))?", s)
-    if not m:
-        return None
-    hh, mm, ss, frac = m.groups()
-    try:
-        return time(int(hh), int(mm or 0), min(int(ss or 0), 59), int((frac or "0").ljust(6, "0")))
-    except ValueError:
-        return None
-
-
-def _parse_dt(v) -> datetime | None:
-    """DICOM DT (YYYYMMDDHHMMSS.FFFFFF&ZZXX); the UTC offset is dropped (local clock time)."""
-    if v is None:
-        return None
-    if isinstance(v, datetime):
-        return v.replace(tzinfo=None)
-    s = str(v).strip()
-    m = re.fullmatch(r"(\d{8})(\d{2,6}(?:\.\d{1,6})?)?([+-]\d{4})?", s)
-    if not m:
-        return None
-    d = _parse_da(m.group(1))
-    t = _parse_tm(m.group(2)) if m.group(2) else time(0, 0)
-    if d is None or t is None:
-        return None
-    return datetime.combine(d, t)
-
-
-def _combine(d, t) -> datetime | None:
-    dd, tt = _parse_da(d), _parse_tm(t)
-    if dd is None or tt is None:
-        return None
-    return datetime.combine(dd, tt)
-
-
 def _series_datetime(ds) -> datetime | None:
     return _combine(_val(ds, "SeriesDate"), _val(ds, "SeriesTime"))
 

@@ -114,3 +114,20 @@ def test_count_average_time():
     assert (1 - math.exp(-lam * d)) / (lam * d) == pytest.approx(math.exp(-lam * t), rel=1e-14)
     assert t < d / 2
     assert isotopes.count_average_time_s(d, None) == d / 2
+
+
+def test_dicom_date_time_parsing():
+    from datetime import date, datetime, time
+
+    from invivo.dicomtime import combine, parse_da, parse_dt, parse_tm
+    from invivo.io.dicom import parse_datetime
+
+    assert parse_da("20250301") == date(2025, 3, 1) and parse_da("2025.03.01") == date(2025, 3, 1)
+    assert parse_tm("235930.5") == time(23, 59, 30, 500000) and parse_tm("10:05") == time(10, 5)
+    assert parse_dt("20250301235930.25+0100") == datetime(2025, 3, 1, 23, 59, 30, 250000)
+    assert combine("20250301", "0930") == datetime(2025, 3, 1, 9, 30)
+    assert parse_da("2025") is None and parse_tm("xx") is None
+    assert parse_datetime("20250301", "093000.000001") == datetime(2025, 3, 1, 9, 30, 0, 1)
+    assert parse_datetime(None, "0930") is None
+    with pytest.raises(ValueError, match="bad DICOM"):
+        parse_datetime("2025", "0930")

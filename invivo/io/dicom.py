@@ -43,35 +43,23 @@ _NON_IMAGE_MODALITIES = {"RTSTRUCT", "RTPLAN", "RTDOSE", "SR", "PR", "KO", "SEG"
 
 # ----------------------------------------------------------------------------- time
 def parse_datetime(date: str | None = None, time: str | None = None, *, dt: str | None = None) -> datetime | None:
-    """Parse DICOM DA + TM, or DT, into a naive ``datetime`` (local scanner time).
+    """Parse DICOM DA + TM, or DT, into a naive ``datetime`` (local scanner time; a DT UTC offset is dropped).
 
-    A DT with a UTC offset is converted to naive time in that offset.  Returns
-    None when the inputs are empty; raises ValueError on malformed text.
+    Returns None when the inputs are empty; raises ValueError on malformed text.
     """
+    from ..dicomtime import combine, parse_dt
+
     if dt:
-        s = str(dt).strip()
-        offset = None
-        for sign in "+-":
-            pos = s.find(sign, 8)
-            if pos > 0:
-                s, offset = s[:pos], s[pos:]
-                break
-        date, time = s[:8], s[8:] or "000000"
-        if offset:  # keep local time as written; the offset is only documentation here
-            pass
+        out = parse_dt(dt)
+        if out is None:
+            raise ValueError(f"bad DICOM datetime {dt!r}")
+        return out
     if not date or not time:
         return None
-    date = str(date).strip().replace(".", "").replace("-", "")
-    time = str(time).strip().replace(":", "")
-    if len(date) != 8:
-        raise ValueError(f"bad DICOM date {date!r}")
-    frac = 0.0
-    if "." in time:
-        time, f = time.split(".", 1)
-        frac = float("0." + (f or "0"))
-    time = time.ljust(6, "0")
-    base = datetime(int(date[:4]), int(date[4:6]), int(date[6:8]), int(time[:2]), int(time[2:4]), int(time[4:6]))
-    return base + timedelta(microseconds=round(frac * 1e6))
+    out = combine(date, time)
+    if out is None:
+        raise ValueError(f"bad DICOM date/time {date!r} {time!r}")
+    return out
 
 
 def _dt_attr(ds: Dataset, date_kw: str, time_kw: str, dt_kw: str | None = None) -> datetime | None:
