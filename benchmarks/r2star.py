@@ -194,6 +194,8 @@ def main(argv=None):
     ap.add_argument("--sizes", default="1e5,1e6,1e7", help="voxel counts, comma separated (default 1e5,1e6,1e7)")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma separated, from {', '.join(METHODS)}")
     ap.add_argument("--device", choices=("cpu", "gpu", "both"), default="both")
+    ap.add_argument("--gpu-array", action="store_true",
+                    help="also time the GPU with engine='array' (plain CuPy array code) beside the fused kernel")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--max-seconds", type=float, default=300.0, help="time budget per cell (method x size x device)")
     ap.add_argument("--curve-fit-sample", type=int, default=500, help="voxels fitted by the curve_fit loop")
@@ -212,6 +214,9 @@ def main(argv=None):
         devices.remove("gpu")
         if not devices:
             return 0
+    if "gpu" in devices and args.gpu_array:
+        devices.append("gpuarr")  # same GPU, engine='array'
+    where = {"cpu": "cpu", "gpu": "gpu", "gpuarr": "gpu"}
 
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cpu_name = platform.processor() or platform.machine()
@@ -233,7 +238,8 @@ def main(argv=None):
           f"S0 {S0:g}, sigma {SIGMA:g} (SNR {SNR:g}), R2* uniform {R2_RANGE[0]:g}-{R2_RANGE[1]:g} s^-1, seed {args.seed}")
 
     te = ECHO_TIMES_S
-    models = {m: R2StarModel(te, method=m) for m in methods}
+    models = {(dev, m): R2StarModel(te, method=m, engine="array" if dev == "gpuarr" else "auto")
+              for dev in devices for m in methods}
     y_probe, _ = make_data(min(PROBE_VOXELS, sizes[0]), seed=args.seed + 12345)
 
     cf_rate = {}
@@ -245,9 +251,9 @@ def main(argv=None):
 
     per_voxel_s, per_voxel_b = {}, {}
     for dev in devices:
-        yp = to_device(y_probe, dev)
+        yp = to_device(y_probe, where[dev])
         for m in methods:
-            per_voxel_s[dev, m], per_voxel_b[dev, m] = probe(models[m], yp, dev)
+            per_voxel_s[dev, m], per_voxel_b[dev, m] = probe(models[dev, m], yp, where[dev])
         del yp
     print(f"# probe ({y_probe.shape[0]} voxels) peak bytes/voxel: "
           + ", ".join(f"{dev} {m} {per_voxel_b[dev, m]:.0f}" for dev in devices for m in methods))
@@ -262,8 +268,8 @@ def main(argv=None):
         y_host, r2_true = make_data(n, seed=args.seed)
         print(f"# generated {_fmt_n(n)} voxels in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         for dev in devices:
-            y = to_device(y_host, dev)
-            avail = _gpu_mem_available() if dev == "gpu" else _mem_available()
+            y = to_device(y_host, where[dev])
+            avail = _gpu_mem_available() if where[dev] == "gpu" else _mem_available()
             for m in methods:
                 label = f"{dev:6s} {m:10s} {_fmt_n(n):>6s}"
                 est_s = per_voxel_s[dev, m] * n
@@ -274,7 +280,8 @@ def main(argv=None):
                 if est_s > args.max_seconds:
                     print(f"{label}  skipped: one run would take ~{est_s:.0f} s > --max-seconds {args.max_seconds:g}")
                     continue
-                best, med, fit, runs = time_runs(lambda: _fit(models[m], y, dev), args.repeat, args.max_seconds)
+                best, med, fit, runs = time_runs(lambda: _fit(models[dev, m], y, where[dev]), args.repeat,
+                                                 args.max_seconds)
                 per_voxel_s[dev, m] = best / n
                 written = _written_bytes(fit)
                 written_per_voxel = written / n
@@ -289,7 +296,7 @@ def main(argv=None):
                 bias[dev, m] = (n, 100.0 * float(np.median(rel)), 100.0 * float(ok.mean()))
                 del fit, status, r2_fit, ok, rel
             del y
-            if dev == "gpu":
+            if where[dev] == "gpu":
                 from invivo.backend import cupy
 
                 cupy.get_default_memory_pool().free_all_blocks()

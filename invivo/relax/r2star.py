@@ -36,6 +36,7 @@ import numpy as np
 from ..backend import check_same_device, device_of, float_dtype, get_array_module, special, to_device
 from ..errors import GeometryError, InvivoWarning, ParameterError
 from ..volume import Volume
+from . import _kernel
 
 __all__ = ["R2StarModel", "R2StarFit", "METHODS", "STATUS", "DEFAULT_METHOD", "r2star_signal", "rician_mean",
            "check_echo_times",
@@ -48,6 +49,8 @@ METHODS = ("loglin", "wls", "arlo", "nlls", "truncation", "rician")
 DEFAULT_METHOD = "rician"
 _SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
 _CHUNK = 1 << 15  # voxels per block on the CPU
+_NEGATIVE_WARNING = "negative values in magnitude data: their absolute value is fitted"
+_ZERO_ERROR = "data are all zero: nothing to fit"
 
 
 def _workers() -> int:
@@ -483,6 +486,12 @@ class R2StarModel:
         Echoes below ``noise_k`` x sigma are at the noise floor (truncation, saturation flags).
     wls_iterations : int
         Reweighting passes of ``wls``.
+    engine : {"auto", "array", "kernel"}
+        How CuPy input is fitted: ``"kernel"``, one fused CUDA kernel (one thread per
+        voxel, every map written in one pass); ``"array"``, the same array code as on
+        NumPy; ``"auto"`` (default), the kernel for up to 64 echoes.  NumPy input always
+        runs the array code (``"kernel"`` with NumPy input is an error).  Both give the
+        same maps to rounding (tested).
 
     Examples
     --------
@@ -495,7 +504,7 @@ class R2StarModel:
     """
 
     def __init__(self, echo_times_s, *, method: str = DEFAULT_METHOD, max_iter: int = 50, noise_k: float = 3.0,
-                 wls_iterations: int = 3):
+                 wls_iterations: int = 3, engine: str = "auto"):
         te = check_echo_times(echo_times_s)
         if method not in METHODS:
             raise ParameterError(f"unknown R2* method {method!r}; valid methods: {', '.join(METHODS)}")
@@ -507,6 +516,12 @@ class R2StarModel:
                 raise ParameterError(f"method 'arlo' needs equally spaced echoes; spacings are {np.round(d, 6).tolist()} s")
         if max_iter < 1 or noise_k <= 0 or wls_iterations < 1:
             raise ParameterError("max_iter and wls_iterations must be >= 1 and noise_k > 0")
+        if engine not in ("auto", "array", "kernel"):
+            raise ParameterError(f"engine must be 'auto', 'array' or 'kernel', got {engine!r}")
+        if engine == "kernel" and te.size > _kernel.MAX_ECHOES:
+            raise ParameterError(f"engine='kernel' handles up to {_kernel.MAX_ECHOES} echoes, got {te.size}; "
+                                 "use engine='array'")
+        self.engine = engine
         self.echo_times_s = tuple(float(t) for t in te)
         self.method = method
         self.max_iter = int(max_iter)
@@ -550,15 +565,17 @@ class R2StarModel:
             arr = xp.abs(arr)
         dtype = float_dtype(arr.dtype)
         arr = arr.astype(dtype, copy=False)
-        if bool((arr < 0).any()):
-            warnings.warn("negative values in magnitude data: their absolute value is fitted", InvivoWarning,
-                          stacklevel=2)
-            arr = xp.abs(arr)
-        if not bool((arr > 0).any()):
-            raise ParameterError("data are all zero: nothing to fit")
+        fused = self._use_kernel(xp)
+        # the kernel checks signs in its single pass over the data, unless sigma must be estimated first
+        if not fused or sigma is None:
+            if bool((arr < 0).any()):
+                warnings.warn(_NEGATIVE_WARNING, InvivoWarning, stacklevel=2)
+                arr = xp.abs(arr)
+            if not bool((arr > 0).any()):
+                raise ParameterError(_ZERO_ERROR)
         spatial = arr.shape[:-1]
         if mask is None:
-            m = xp.ones(spatial, dtype=bool)
+            m = None if fused else xp.ones(spatial, dtype=bool)
         else:
             m = mask.data if isinstance(mask, Volume) else mask
             if isinstance(mask, Volume) and affine is not None and not np.allclose(mask.affine, affine, atol=1e-3):
@@ -578,12 +595,31 @@ class R2StarModel:
         if sigma is not None and not (float(sigma) > 0 and math.isfinite(float(sigma))):
             raise ParameterError(f"sigma must be a positive number, got {sigma!r}")
         sigma = float(sigma) if sigma is not None else None
+        if fused:
+            maps, negative, positive = _kernel.fit_fused(self, arr, m, sigma, STATUS)
+            if negative:
+                warnings.warn(_NEGATIVE_WARNING, InvivoWarning, stacklevel=2)
+            if not positive:
+                raise ParameterError(_ZERO_ERROR)
+            return R2StarFit(model=self, sigma=sigma, affine=affine, meta=meta,
+                             extra={"n_fitted": int(m.sum()) if mask is not None else math.prod(spatial),
+                                    "n_echoes": len(self.echo_times_s), "engine": "kernel"}, **maps)
 
         y = arr[m]  # (n, E)
         te = xp.asarray(self.echo_times_s, dtype=dtype)
         n_e = te.shape[0]
         with np.errstate(all="ignore"):  # failed voxels become non-finite and get a status below
             return self._finish(y, te, sigma, xp, m, spatial, dtype, n_e, affine, meta)
+
+    def _use_kernel(self, xp) -> bool:
+        """Whether this fit runs the fused kernel (CuPy input, up to MAX_ECHOES echoes)."""
+        if self.engine == "array" or (self.engine == "auto" and xp is np):
+            return False
+        ok = _kernel.available(xp) and len(self.echo_times_s) <= _kernel.MAX_ECHOES
+        if self.engine == "kernel" and not ok:
+            raise ParameterError("engine='kernel' needs CuPy input on a CUDA device; NumPy input runs "
+                                 "engine='array' (or 'auto')")
+        return ok
 
     def _finish(self, y, te, sigma, xp, m, spatial, dtype, n_e, affine, meta) -> R2StarFit:
         n = y.shape[0]
@@ -625,7 +661,7 @@ class R2StarModel:
             residual=scatter(clean(rms)), r_squared=scatter(clean(rsq)), variance=variance,
             r2star_ceiling=scatter(xp.where(xp.isfinite(ceiling), ceiling, 0.0).astype(dtype)), sigma=sigma,
             affine=affine, meta=meta,
-            extra={"n_fitted": int(n), "n_echoes": n_e},
+            extra={"n_fitted": int(n), "n_echoes": n_e, "engine": "array"},
         )
 
     def _voxel_results(self, y, te, sigma, xp) -> dict:
