@@ -23,6 +23,8 @@ COMMANDS = {
     "roi-stats": "roi_stats",
     "r2star": "r2star",
     "spio": "spio",
+    "register": "register",
+    "resample": "resample",
     "demo": "demo",
 }
 

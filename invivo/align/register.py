@@ -1,0 +1,426 @@
+"""Rigid and affine registration by Mattes mutual information (SimpleITK's framework).
+
+The recipe (SCIENCE.md, Co-registration): both images intensity-windowed (robust
+percentiles, so that a hot bladder does not take every histogram bin), the finer image
+smoothed and regridded to the coarser one's voxel size, centred by intensity moments
+(or the grid centres), several starting rotations tried at the coarsest level and the
+best carried on, then a three-level pyramid (shrink 4/2/1, smoothing in mm) with
+regular-step gradient descent, and a final pass at full resolution with every masked
+voxel in the metric.  Sampling is seeded: the same inputs give the same transform.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backend import to_device
+from ..errors import GeometryError, InvivoWarning, ParameterError
+from ..volume import Volume
+from .transforms import Transform, _F, to_sitk
+
+__all__ = ["register", "Registration", "TRANSFORMS"]
+
+log = logging.getLogger(__name__)
+TRANSFORMS = ("rigid", "affine")
+
+
+@dataclass
+class Registration:
+    """Result of :func:`register`.
+
+    Attributes
+    ----------
+    transform : Transform
+        Fixed-space point -> moving-space point (RAS mm; ITK's convention).
+    metric : float
+        Final Mattes mutual information (negative; lower is better) at full resolution.
+    iterations : int
+        Optimizer iterations over all levels and stages.
+    quality : str
+        ``"good"``, ``"check"`` (a warning was raised: look at the QC images) or
+        ``"failed"`` (the result is not usable).
+    overlap : float
+        Fraction of the fixed image's foreground that maps inside the moving image.
+    warnings : list of str
+    starts : list of dict
+        Each starting rotation tried (degrees about R, A, S) and its coarse-level metric.
+    settings : dict
+    elapsed_s : float
+    """
+
+    transform: Transform
+    metric: float
+    iterations: int
+    quality: str
+    overlap: float
+    warnings: list = field(default_factory=list)
+    starts: list = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+    elapsed_s: float = 0.0
+    fixed: Volume | None = field(default=None, repr=False)
+    moving: Volume | None = field(default=None, repr=False)
+
+    def resample(self, moving: Volume | None = None, **kwargs) -> Volume:
+        """The moving image (or another image in its space) resampled onto the fixed grid."""
+        from .resample import resample
+
+        return resample(self.moving if moving is None else moving, self.fixed, self.transform, **kwargs)
+
+
+# ---------------------------------------------------------------------- input checks
+def _check_volume(v, name: str, *, allow_4d: bool = False) -> Volume:
+    if not isinstance(v, Volume):
+        raise ParameterError(f"{name} must be a Volume (load it with invivo.io.load), got {type(v).__name__}")
+    if v.data.ndim == 4 and not allow_4d:
+        hint = ("use invivo.align.register_dynamic for dynamic PET, or pass one frame/echo (volume.frame(i))"
+                if name == "moving" else "pass one frame or echo (volume.frame(i)) or a summed image")
+        raise ParameterError(f"{name} image is 4D {v.shape}: {hint}")
+    if v.data.ndim != 3 or min(v.shape[:3]) < 2:
+        raise ParameterError(f"{name} image must be 3D with at least 2 voxels along each axis, got shape {v.shape}")
+    return v
+
+
+def _world_box(shape, affine) -> tuple[np.ndarray, np.ndarray]:
+    corners = np.array(list(itertools.product(*[(-0.5, s - 0.5) for s in shape[:3]])))
+    pts = corners @ affine[:3, :3].T + affine[:3, 3]
+    return pts.min(axis=0), pts.max(axis=0)
+
+
+def _window(arr: np.ndarray, name: str, percentiles) -> tuple[np.ndarray, float, float]:
+    finite = np.isfinite(arr)
+    vals = arr[finite]
+    if vals.size == 0:
+        raise ParameterError(f"{name} image has no finite values")
+    lo_all, hi_all = float(vals.min()), float(vals.max())
+    if not hi_all > lo_all:
+        raise ParameterError(f"{name} image is constant ({lo_all:g} everywhere): nothing to register")
+    # percentiles over a subsample (speed), of the voxels above the minimum (air/zero padding excluded)
+    sub = vals[:: max(1, vals.size // 2_000_000)]
+    fg = sub[sub > lo_all]
+    lo, hi = np.percentile(fg if fg.size > 100 else sub, percentiles)
+    if not hi > lo:
+        lo, hi = lo_all, hi_all
+    out = np.clip(np.where(finite, arr, lo), lo, hi).astype(np.float32)
+    return out, float(lo), float(hi)
+
+
+def _foreground(arr: np.ndarray) -> np.ndarray:
+    """Otsu foreground of a windowed image (for overlap and quality checks)."""
+    from ..relax.r2star import _otsu
+
+    thr = _otsu(arr[:: max(1, arr.size // 2_000_000)].ravel())
+    return arr > thr
+
+
+# ---------------------------------------------------------------------- the registration
+def _euler_from_matrix(m_lps: np.ndarray, centre_lps) -> "object":
+    import SimpleITK as sitk
+
+    tx = sitk.Euler3DTransform()
+    tx.SetCenter([float(c) for c in centre_lps])
+    tx.SetMatrix(m_lps[:3, :3].ravel().tolist())
+    c = np.asarray(centre_lps, dtype=float)
+    # x -> R (x - c) + c + t must equal M x: t = M c - c  (with M's translation)
+    t = m_lps[:3, :3] @ c + m_lps[:3, 3] - c
+    tx.SetTranslation(t.tolist())
+    return tx
+
+
+def _rotation_lps(rot_deg) -> np.ndarray:
+    t = Transform.from_parameters(rotation_deg=rot_deg)
+    return (_F @ t.matrix @ _F)[:3, :3]
+
+
+def _method(bins, sampling, seed, iterations, min_step, learning_rate, mask, relax=0.5):
+    import SimpleITK as sitk
+
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
+    if sampling >= 1.0:
+        reg.SetMetricSamplingStrategy(reg.NONE)
+    else:
+        reg.SetMetricSamplingStrategy(reg.RANDOM)
+        # SimpleITK reads seed 0 as "wall clock" (a different sample every run): shift ours by one
+        reg.SetMetricSamplingPercentage(float(sampling), int(seed) + 1)
+    if mask is not None:
+        reg.SetMetricFixedMask(mask)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=learning_rate, minStep=min_step,
+                                                 numberOfIterations=int(iterations), relaxationFactor=relax,
+                                                 gradientMagnitudeTolerance=1e-10)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    return reg
+
+
+def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask: Volume | None = None,
+             init: str = "moments", initial: Transform | None = None, start_rotations_deg: float = 15.0,
+             levels_mm=None, bins: int = 32, sampling: float = 0.5, iterations: int = 200,
+             window_percentiles=(0.5, 99.5), final_pass: bool = True, seed: int = 0,
+             threads: int | None = None, smooth_moving_voxels: float = 1.0, final_step_voxels: float = 0.5,
+             final_relaxation: float = 0.7, min_step_voxels: float = 1e-3) -> Registration:
+    """Register ``moving`` to ``fixed`` by Mattes mutual information.
+
+    Parameters
+    ----------
+    fixed : Volume
+        3D reference image (typically the MR), RAS grid.
+    moving : Volume
+        3D image to align (PET, SPECT, CT or another MR).  Dynamic PET: see
+        :func:`invivo.align.register_dynamic`.
+    transform : {"rigid", "affine"}
+        6 degrees of freedom, or 12 (rigid first, then affine).
+    mask : Volume of bool, optional
+        Region of the fixed image that drives the metric (on the fixed grid).
+    init : {"moments", "geometry"}
+        Starting translation: align the intensity centres of mass, or the grid centres.
+    initial : Transform, optional
+        Start from this transform instead (``init`` and the starting rotations are skipped).
+    start_rotations_deg : float
+        Besides no rotation, start from +/- this angle about each axis (7 starts, compared
+        at the coarsest level); 0 tries only the unrotated start.
+    levels_mm : sequence of float, optional
+        Voxel sizes (mm) of the pyramid levels, coarse to fine; both images are smoothed
+        (sigma = half the level's voxel) and regridded onto each.  Default: the finest
+        level at twice the coarser image's voxel size, at most 1 mm (but never finer than
+        that voxel), and two levels at 1.5x and 3x it.  With every voxel in the metric at
+        the finest level the optimum is found to a few hundredths of a mm, at a fraction of
+        the cost of the native grid (phantoms/validate_registration.py).
+    bins : int
+        Histogram bins of the mutual information.
+    sampling : float
+        Fraction of fixed voxels sampled at the finest level (random, seeded; coarser
+        levels use at least 20,000 points).
+    iterations : int
+        Maximum optimizer iterations per level.
+    window_percentiles : (float, float)
+        Intensities are clipped to these percentiles of each image's non-background voxels.
+    final_pass : bool
+        Finish at the finest level with every (masked) voxel in the metric and a smaller
+        step (deterministic: no sampling noise in the final position).
+    seed : int
+        Seed of the metric sampling: same inputs and seed, same result.
+    threads : int, optional
+        SimpleITK worker threads (default: all cores).
+    smooth_moving_voxels : float
+        Gaussian sigma (in moving voxels) applied to the moving image at the finest level.
+    final_step_voxels, final_relaxation, min_step_voxels : float
+        Regular-step gradient descent of the final pass: first step, step decay at each
+        change of direction, and the step at which it stops, in voxels of the coarser image.
+
+    Returns
+    -------
+    Registration
+    """
+    import SimpleITK as sitk
+
+    t0 = time.perf_counter()
+    _check_volume(fixed, "fixed")
+    _check_volume(moving, "moving")
+    if transform not in TRANSFORMS:
+        raise ParameterError(f"transform must be one of {', '.join(TRANSFORMS)}, got {transform!r}")
+    if init not in ("moments", "geometry"):
+        raise ParameterError(f"init must be 'moments' or 'geometry', got {init!r}")
+    if not (0 < sampling <= 1):
+        raise ParameterError(f"sampling must be a fraction in (0, 1], got {sampling!r}")
+    if levels_mm is not None and (len(levels_mm) == 0 or any(not float(v) > 0 for v in levels_mm)):
+        raise ParameterError(f"levels_mm must be positive voxel sizes in mm, got {levels_mm!r}")
+    if mask is not None:
+        if not isinstance(mask, Volume):
+            raise ParameterError("mask must be a boolean Volume on the fixed image's grid")
+        if mask.shape[:3] != fixed.shape[:3] or not np.allclose(mask.affine, fixed.affine, atol=1e-3):
+            raise GeometryError(f"mask grid {mask.shape} does not match the fixed image grid {fixed.shape}: "
+                                "resample the mask onto the fixed image (invivo resample --interpolation nearest)")
+    lo_f, hi_f = _world_box(fixed.shape, fixed.affine)
+    lo_m, hi_m = _world_box(moving.shape, moving.affine)
+    if np.any(hi_f < lo_m) or np.any(hi_m < lo_f):
+        raise GeometryError("fixed and moving images do not overlap in world coordinates: check that both are "
+                            "of the same subject and that their DICOM positions are right")
+    if threads is not None:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
+
+    fdata, *_ = _window(np.asarray(to_device(fixed.data, "cpu"), dtype=np.float32), "fixed",
+                        window_percentiles)  # host: SimpleITK
+    mdata, *_ = _window(np.asarray(to_device(moving.data, "cpu"), dtype=np.float32), "moving", window_percentiles)
+    f_img = to_sitk(Volume(fdata, fixed.affine, fixed.meta))
+    m_img = to_sitk(Volume(mdata, moving.affine, moving.meta))
+    f_mask = None
+    if mask is not None:
+        mdat = np.asarray(to_device(mask.data, "cpu")).astype(bool)
+        if not mdat.any():
+            raise ParameterError("mask is empty: it selects no fixed voxel")
+        f_mask = to_sitk(Volume(mdat.astype(np.uint8), fixed.affine, mask.meta), dtype=None)
+
+    # work at the coarser image's voxel size; an explicit pyramid of smoothed, regridded images
+    # (built once, so that the several starts and the levels only pay for the metric)
+    f_sp, m_sp = np.array(f_img.GetSpacing()), np.array(m_img.GetSpacing())
+    work_sp = float(max(f_sp.min(), m_sp.min()))
+    if levels_mm is None:
+        finest = max(work_sp, min(2.0 * work_sp, 1.0))
+        levels_mm = (3.0 * finest, 1.5 * finest, finest)
+    levels_mm = tuple(float(s) for s in levels_mm)
+    pyramid = []
+    for i, sp in enumerate(levels_mm):
+        fi, fm = (f_img, f_mask) if f_sp.min() >= sp / 1.5 else _regrid(f_img, f_mask, sp)
+        last = i == len(levels_mm) - 1
+        if last and m_sp.min() >= sp / 3.0:
+            # finest level: the moving image on its own grid (no second interpolation), smoothed by one
+            # voxel -- noise then weighs the same at every sub-voxel position, which removes the
+            # interpolation ripples of mutual information that otherwise stall the optimizer a
+            # tenth of a voxel short of the optimum
+            mi = (sitk.SmoothingRecursiveGaussian(m_img, (smooth_moving_voxels * m_sp).tolist())
+                  if smooth_moving_voxels > 0 else m_img)
+        elif m_sp.min() >= sp / 1.5:
+            mi = m_img
+        else:
+            mi = _regrid(m_img, None, sp / 2.0 if last else sp)[0]
+        pyramid.append((fi, fm, mi, sp))
+
+    # initial transform
+    if initial is not None:
+        m0 = _F @ initial.matrix @ _F
+        centre = np.array(f_img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2.0 for s in f_img.GetSize()]))
+        if transform == "rigid" or initial.kind != "affine":
+            base = _euler_from_matrix(m0, centre)
+        else:
+            base = sitk.AffineTransform(3)
+            base.SetMatrix(m0[:3, :3].ravel().tolist())
+            base.SetTranslation(m0[:3, 3].tolist())
+        rotations = [None]
+    else:
+        mode = (sitk.CenteredTransformInitializerFilter.MOMENTS if init == "moments"
+                else sitk.CenteredTransformInitializerFilter.GEOMETRY)
+        base = sitk.CenteredTransformInitializer(pyramid[0][0], pyramid[0][2], sitk.Euler3DTransform(), mode)
+        a = float(start_rotations_deg)
+        rotations = [(0.0, 0.0, 0.0)]
+        if a > 0:
+            for ax in range(3):
+                for sgn in (1.0, -1.0):
+                    r = [0.0, 0.0, 0.0]
+                    r[ax] = sgn * a
+                    rotations.append(tuple(r))
+
+    def run(tx_, level, samp, it, min_step, rate, relax=0.5):
+        fi, fm, mi, sp = level
+        reg = _method(bins, samp, seed, it, min_step, rate, fm, relax)
+        # a moving image much larger than the fixed one: gradients at the sampled points only,
+        # not a whole gradient image per call
+        n_f, n_m = np.prod(fi.GetSize()), np.prod(mi.GetSize())
+        reg.SetMetricUseMovingImageGradientFilter(bool(n_m <= 4 * n_f))
+        reg.SetInitialTransform(tx_, inPlace=True)
+        reg.Execute(fi, mi)
+        return reg
+
+    starts = []
+    total_iter = 0
+    coarse = pyramid[0]
+    if len(rotations) > 1:
+        best = None
+        for rot in rotations:
+            cand = sitk.Euler3DTransform(base)
+            if any(rot):
+                r = _rotation_lps(rot) @ np.array(base.GetMatrix()).reshape(3, 3)
+                cand.SetMatrix(r.ravel().tolist())
+            reg = run(cand, coarse, 1.0, max(50, iterations // 4), 1e-2 * coarse[3], coarse[3])
+            metric = reg.GetMetricValue()
+            total_iter += reg.GetOptimizerIteration()
+            starts.append({"rotation_deg": list(rot), "metric": float(metric)})
+            if best is None or metric < best[0]:
+                best = (metric, cand)
+        tx = best[1]
+    else:
+        tx = sitk.Euler3DTransform(base) if isinstance(base, sitk.Euler3DTransform) else base
+
+    def pyramid_pass(tx_, rate_scale):
+        nonlocal total_iter
+        reg_ = None
+        for i, level in enumerate(pyramid):
+            n_vox = int(np.prod(level[0].GetSize()))
+            samp = 1.0 if n_vox * sampling < 20_000 else max(sampling, 20_000 / n_vox)
+            reg_ = run(tx_, level, samp if i < len(pyramid) - 1 else sampling, iterations,
+                       1e-3 * level[3], rate_scale * level[3])
+            total_iter += reg_.GetOptimizerIteration()
+        return reg_
+
+    reg = pyramid_pass(tx, 1.0)
+    if transform == "affine":
+        aff = sitk.AffineTransform(3)
+        aff.SetCenter(tx.GetCenter())
+        aff.SetMatrix(tx.GetMatrix())
+        aff.SetTranslation(tx.GetTranslation())
+        tx = aff
+        reg = pyramid_pass(tx, 0.5)
+    if final_pass:
+        # every voxel (a smooth, deterministic metric), a gentler step decay (0.7) so that the
+        # optimizer does not stall short of the optimum, steps down to 1e-3 voxel
+        reg = run(tx, pyramid[-1], 1.0, iterations, min_step_voxels * work_sp, final_step_voxels * work_sp,
+                  relax=final_relaxation)
+        total_iter += reg.GetOptimizerIteration()
+    metric = float(reg.GetMetricValue())
+    smooth = [0.5 * lv[3] for lv in pyramid]
+
+    result = Transform.from_sitk(tx, kind=transform)
+    settings = {"transform": transform, "metric": "MattesMutualInformation", "bins": int(bins),
+                "sampling": float(sampling), "levels_mm": list(levels_mm), "smoothing_mm": list(smooth),
+                "working_voxel_mm": work_sp, "init": "initial" if initial is not None else init,
+                "start_rotations_deg": float(start_rotations_deg), "window_percentiles": list(window_percentiles),
+                "final_pass": bool(final_pass), "seed": int(seed), "iterations_per_level": int(iterations),
+                "smooth_moving_voxels": float(smooth_moving_voxels), "final_step_voxels": float(final_step_voxels),
+                "final_relaxation": float(final_relaxation), "min_step_voxels": float(min_step_voxels)}
+    result.info = {"registration": settings, "metric": metric}
+
+    # quality: how much of the fixed foreground lands inside the moving field of view, and the metric
+    fg = _foreground(fdata)
+    idx = np.argwhere(fg)[:: max(1, int(fg.sum()) // 200_000)]
+    pts = idx @ fixed.affine[:3, :3].T + fixed.affine[:3, 3]
+    mp = result.apply_points(pts)
+    vox = (mp - moving.affine[:3, 3]) @ np.linalg.inv(moving.affine[:3, :3]).T
+    inside = np.all((vox > -0.5) & (vox < np.array(moving.shape[:3]) - 0.5), axis=1)
+    overlap = float(inside.mean()) if inside.size else 0.0
+    notes = []
+    if overlap < 0.5:
+        notes.append(f"only {100 * overlap:.0f} % of the fixed image's foreground maps inside the moving image")
+    if not metric < -0.05:
+        notes.append(f"weak mutual information at the optimum ({metric:.3f}): the images may not match")
+    if transform == "rigid" and result.rotation_deg() > 60:
+        notes.append(f"large rotation ({result.rotation_deg():.0f} deg): check the QC overlay")
+    quality = "good" if not notes else ("failed" if overlap < 0.1 else "check")
+    for n in notes:
+        warnings.warn(f"registration: {n}", InvivoWarning, stacklevel=2)
+    elapsed = time.perf_counter() - t0
+    log.info("registered in %.2f s: metric %.4f, %d iterations, overlap %.2f", elapsed, metric, total_iter, overlap)
+    return Registration(transform=result, metric=metric, iterations=int(total_iter), quality=quality,
+                        overlap=overlap, warnings=notes, starts=starts, settings=settings, elapsed_s=elapsed,
+                        fixed=fixed, moving=moving)
+
+
+def _regrid(img, mask, spacing: float):
+    """Smooth (anti-alias) and resample an image to an isotropic ``spacing`` over the same extent."""
+    import SimpleITK as sitk
+
+    sp = np.array(img.GetSpacing())
+    sigma = np.sqrt(np.maximum((0.5 * spacing) ** 2 - (0.5 * sp) ** 2, 0.0))
+    sm = sitk.SmoothingRecursiveGaussian(img, sigma.tolist()) if np.any(sigma > 0) else img
+    size = [max(2, int(math.floor(n * s / spacing))) for n, s in zip(img.GetSize(), sp)]
+    # same centre as the original grid
+    centre_idx = [(n - 1) / 2.0 for n in img.GetSize()]
+    centre = np.array(img.TransformContinuousIndexToPhysicalPoint(centre_idx))
+    d = np.array(img.GetDirection()).reshape(3, 3)
+    origin = centre - d @ (np.array([(n - 1) / 2.0 for n in size]) * spacing)
+    f = sitk.ResampleImageFilter()
+    f.SetSize(size)
+    f.SetOutputSpacing([spacing] * 3)
+    f.SetOutputDirection(img.GetDirection())
+    f.SetOutputOrigin(origin.tolist())
+    f.SetInterpolator(sitk.sitkLinear)
+    out = f.Execute(sm)
+    if mask is not None:
+        f.SetInterpolator(sitk.sitkNearestNeighbor)
+        mask = f.Execute(mask)
+    return out, mask
