@@ -240,7 +240,7 @@ def test_pet_total_conserved_under_motion_and_blur(ph):
 
 
 def test_pet_centre_of_mass_follows_motion(ph):
-    # supersample 4: the default 3 aliases on the axis-aligned unmoved grid (0.02 mm COM bias measured)
+    # supersample 4 (the PET default): 3 aliases on the axis-aligned unmoved grid (0.02 mm COM bias measured)
     vol, still = render_modality(ph, "PET", voxel_size_mm=0.5, noise=0, supersample=4)
     vol_m, moved = render_modality(ph, "PET", voxel_size_mm=0.5, noise=0, supersample=4, motion=MOTION)
     c0 = _centre_of_mass_mm(vol, still["noise_free"])
@@ -312,7 +312,7 @@ def test_noise_levels_match_their_definition(ph):
     assert np.std(ct.data - t["noise_free"]) == pytest.approx(20.0, rel=0.01)
     # SPECT: its own defaults
     spect, t = render_modality(ph, "spect", voxel_size_mm=0.8, noise=0)
-    assert spect.meta.modality == "NM" and t["fwhm_mm"] == 1.6 and t["supersample"] == 3
+    assert spect.meta.modality == "NM" and t["fwhm_mm"] == 1.6 and t["supersample"] == 4
     assert t["values"]["kidneys"] > 10 * t["values"]["liver"] / 2
 
 

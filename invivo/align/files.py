@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from ..errors import ParameterError
 from ..volume import Volume
 
@@ -18,6 +20,21 @@ def _load(path, what: str, series=None) -> Volume:
     if not p.exists():
         raise ParameterError(f"{what} {p} does not exist")
     return load(p, series=series)
+
+
+def _load_keep_labels(path, what: str, series=None) -> Volume:
+    """Like _load, but a NIfTI stored as integers (a label map or mask) keeps its integer type,
+    so that resampling uses nearest neighbour and the labels survive."""
+    v = _load(path, what, series)
+    if str(path).endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        img = nib.load(str(path))
+        on_disk = np.dtype(img.get_data_dtype())
+        slope, inter = img.header.get_slope_inter()
+        if on_disk.kind in "iub" and slope in (None, 1.0) and inter in (None, 0.0):
+            v = Volume(np.asarray(v.data).astype(on_disk), v.affine, v.meta)
+    return v
 
 
 def _pick(v: Volume, frame, what: str) -> Volume:
@@ -80,7 +97,7 @@ def resample_files(moving, reference, transform, out, *, interpolation: str | No
     from .resample import resample
     from .transforms import read_transform
 
-    m = _load(moving, "moving image", moving_series)
+    m = _load_keep_labels(moving, "moving image", moving_series)
     r = _load(reference, "reference image", reference_series)
     t = read_transform(transform) if transform is not None else None
     out_v = resample(m, r, t, interpolation=interpolation, conserve=conserve)

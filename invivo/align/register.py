@@ -159,7 +159,7 @@ def _method(bins, sampling, seed, iterations, min_step, learning_rate, mask, rel
     return reg
 
 
-def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask: Volume | None = None,
+def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="auto", margin_mm: float = 2.0,
              init: str = "moments", initial: Transform | None = None, start_rotations_deg: float = 15.0,
              levels_mm=None, bins: int = 32, sampling: float = 0.5, iterations: int = 200,
              window_percentiles=(0.5, 99.5), final_pass: bool = True, seed: int = 0,
@@ -176,8 +176,13 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask: V
         :func:`invivo.align.register_dynamic`.
     transform : {"rigid", "affine"}
         6 degrees of freedom, or 12 (rigid first, then affine).
-    mask : Volume of bool, optional
-        Region of the fixed image that drives the metric (on the fixed grid).
+    mask : Volume of bool, "auto" or None
+        Region of the fixed image that drives the metric (on the fixed grid).  ``"auto"``
+        (default): the fixed image's foreground (Otsu threshold, holes filled) grown by
+        ``margin_mm`` -- without it, mutual information can gain by shrinking the body
+        (affine) and spends most of its samples in air.  ``None``: every voxel.
+    margin_mm : float
+        Growth of the automatic mask (mm).
     init : {"moments", "geometry"}
         Starting translation: align the intensity centres of mass, or the grid centres.
     initial : Transform, optional
@@ -231,7 +236,7 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask: V
         raise ParameterError(f"sampling must be a fraction in (0, 1], got {sampling!r}")
     if levels_mm is not None and (len(levels_mm) == 0 or any(not float(v) > 0 for v in levels_mm)):
         raise ParameterError(f"levels_mm must be positive voxel sizes in mm, got {levels_mm!r}")
-    if mask is not None:
+    if mask is not None and not isinstance(mask, str):
         if not isinstance(mask, Volume):
             raise ParameterError("mask must be a boolean Volume on the fixed image's grid")
         if mask.shape[:3] != fixed.shape[:3] or not np.allclose(mask.affine, fixed.affine, atol=1e-3):
@@ -251,6 +256,11 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask: V
     f_img = to_sitk(Volume(fdata, fixed.affine, fixed.meta))
     m_img = to_sitk(Volume(mdata, moving.affine, moving.meta))
     f_mask = None
+    auto_mask = isinstance(mask, str)
+    if auto_mask:
+        if mask != "auto":
+            raise ParameterError(f"mask must be a boolean Volume on the fixed grid, 'auto' or None, got {mask!r}")
+        mask = None
     if mask is not None:
         mdat = np.asarray(to_device(mask.data, "cpu")).astype(bool)
         if not mdat.any():
@@ -280,6 +290,8 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask: V
             mi = m_img
         else:
             mi = _regrid(m_img, None, sp / 2.0 if last else sp)[0]
+        if auto_mask:
+            fm = _auto_mask(fi, margin_mm)
         pyramid.append((fi, fm, mi, sp))
 
     # initial transform
@@ -398,6 +410,22 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask: V
     return Registration(transform=result, metric=metric, iterations=int(total_iter), quality=quality,
                         overlap=overlap, warnings=notes, starts=starts, settings=settings, elapsed_s=elapsed,
                         fixed=fixed, moving=moving)
+
+
+def _auto_mask(img, margin_mm: float):
+    """The fixed image's foreground (Otsu), holes filled, grown by ``margin_mm``: where the metric looks."""
+    import SimpleITK as sitk
+
+    arr = sitk.GetArrayViewFromImage(img)
+    fg = _foreground(np.asarray(arr))
+    m = sitk.GetImageFromArray(fg.astype(np.uint8))
+    m.CopyInformation(img)
+    m = sitk.BinaryFillhole(m)
+    radius = [max(1, int(round(margin_mm / s))) for s in img.GetSpacing()]
+    m = sitk.BinaryDilate(m, radius)
+    if not sitk.GetArrayViewFromImage(m).any():  # pragma: no cover - Otsu found nothing: no mask
+        return None
+    return m
 
 
 def _regrid(img, mask, spacing: float):

@@ -34,8 +34,8 @@ class Transform:
     ----------
     matrix : (4, 4) array
         ``[x_moving, 1] = matrix @ [x_fixed, 1]`` in RAS+ mm.
-    kind : str
-        ``"rigid"``, ``"affine"`` or ``"identity"`` (informational: what was fitted).
+    kind : str, optional
+        ``"rigid"``, ``"affine"`` or ``"identity"``; inferred from the matrix when not given.
     info : dict
         Provenance: how the transform was made (registration settings, metric, ...).
 
@@ -49,7 +49,7 @@ class Transform:
     """
 
     matrix: np.ndarray
-    kind: str = "affine"
+    kind: str | None = None
     info: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -63,11 +63,15 @@ class Transform:
         if abs(np.linalg.det(m[:3, :3])) < 1e-12:
             raise ParameterError("transform matrix is singular")
         self.matrix = m
+        if self.kind is None:
+            self.kind = "identity" if np.allclose(m, np.eye(4), atol=1e-12) else ("rigid" if _is_rigid(m) else "affine")
+        elif self.kind not in ("rigid", "affine", "identity"):
+            raise ParameterError(f"transform kind must be rigid, affine or identity, got {self.kind!r}")
 
     # ------------------------------------------------------------------ constructors
     @classmethod
     def identity(cls) -> "Transform":
-        return cls(np.eye(4), kind="identity")
+        return cls(np.eye(4))
 
     @classmethod
     def from_parameters(cls, rotation_deg=(0.0, 0.0, 0.0), translation_mm=(0.0, 0.0, 0.0), *,
@@ -82,15 +86,14 @@ class Transform:
         m = np.eye(4)
         m[:3, :3] = r
         m[:3, 3] = c - r @ c + np.asarray(translation_mm, dtype=float)
-        return cls(m, kind="rigid")
+        return cls(m)
 
     # ------------------------------------------------------------------ algebra
     def __matmul__(self, other: "Transform") -> "Transform":
         """``(a @ b)(x) = a(b(x))``: apply ``b`` first."""
         if not isinstance(other, Transform):
             return NotImplemented
-        kind = "rigid" if {self.kind, other.kind} <= {"rigid", "identity"} else "affine"
-        return Transform(self.matrix @ other.matrix, kind=kind,
+        return Transform(self.matrix @ other.matrix,
                          info={"composed": [self.info, other.info]} if (self.info or other.info) else {})
 
     def compose(self, *others: "Transform") -> "Transform":
@@ -101,7 +104,7 @@ class Transform:
         return out
 
     def inverse(self) -> "Transform":
-        return Transform(np.linalg.inv(self.matrix), kind=self.kind, info={"inverse_of": self.info} if self.info else {})
+        return Transform(np.linalg.inv(self.matrix), info={"inverse_of": self.info} if self.info else {})
 
     def is_identity(self, atol: float = 1e-9) -> bool:
         return bool(np.allclose(self.matrix, np.eye(4), atol=atol))
@@ -141,7 +144,7 @@ class Transform:
         if tx.GetDimension() != 3:
             raise ParameterError(f"transform is {tx.GetDimension()}D; invivo works with 3D transforms")
         m_lps = _linear_lps(tx)
-        return cls(_F @ m_lps @ _F, kind=kind or ("rigid" if _is_rigid(m_lps) else "affine"))
+        return cls(_F @ m_lps @ _F, kind=kind)
 
     # ------------------------------------------------------------------ files
     def write(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
