@@ -87,32 +87,34 @@ def _centre(fixed: Volume):
     return (idx * w.ravel()).sum(axis=1) / w.sum()
 
 
+def _picture(fixed: Volume, moving_on_fixed: Volume, path, blend, overwrite: bool) -> Path:
+    """Three orthogonal slices through the fixed image's centre, each ``blend(fixed, moving)`` (windowed, RGB 0-1)."""
+    _check_pair(fixed, moving_on_fixed)
+    c = _centre(fixed)
+    panels = [blend(_window(f), _window(m)) * 255 for f, m in zip(qc_slices(fixed, c), qc_slices(moving_on_fixed, c))]
+    return _write_png(_montage(panels).astype(np.uint8), path, overwrite)
+
+
 def overlay_png(fixed: Volume, moving_on_fixed: Volume, path, *, alpha: float = 0.6,
                 overwrite: bool = False) -> Path:
     """Fixed image in grey with the moving image (on the fixed grid) in a hot colour scale over it."""
-    _check_pair(fixed, moving_on_fixed)
-    c = _centre(fixed)
-    panels = []
-    for f, m in zip(qc_slices(fixed, c), qc_slices(moving_on_fixed, c)):
-        g, h = _window(f), _window(m)
+
+    def blend(g, h):
         hot = np.stack([np.clip(3 * h, 0, 1), np.clip(3 * h - 1, 0, 1), np.clip(3 * h - 2, 0, 1)], axis=-1)
         a = alpha * np.clip(2 * h, 0, 1)[..., None]
-        panels.append(((1 - a) * g[..., None] + a * hot) * 255)
-    return _write_png(_montage(panels).astype(np.uint8), path, overwrite)
+        return (1 - a) * g[..., None] + a * hot
+
+    return _picture(fixed, moving_on_fixed, path, blend, overwrite)
 
 
 def checkerboard_png(fixed: Volume, moving_on_fixed: Volume, path, *, tiles: int = 8,
                      overwrite: bool = False) -> Path:
     """Alternating tiles of the fixed and the resampled moving image (each windowed), grey."""
-    _check_pair(fixed, moving_on_fixed)
-    c = _centre(fixed)
-    panels = []
-    for f, m in zip(qc_slices(fixed, c), qc_slices(moving_on_fixed, c)):
-        g, h = _window(f), _window(m)
-        ty = max(1, g.shape[0] // tiles)
-        tx = max(1, g.shape[1] // tiles)
+
+    def blend(g, h):
+        ty, tx = max(1, g.shape[0] // tiles), max(1, g.shape[1] // tiles)
         yy, xx = np.indices(g.shape)
         board = ((yy // ty + xx // tx) % 2).astype(bool)
-        mix = np.where(board, h, g)
-        panels.append(np.repeat(mix[..., None], 3, axis=-1) * 255)
-    return _write_png(_montage(panels).astype(np.uint8), path, overwrite)
+        return np.repeat(np.where(board, h, g)[..., None], 3, axis=-1)
+
+    return _picture(fixed, moving_on_fixed, path, blend, overwrite)
