@@ -24,7 +24,7 @@ from .backend import check_same_device, get_array_module, to_device
 from .errors import GeometryError, ParameterError
 from .volume import Volume
 
-__all__ = ["match_mask", "stats", "label_stats", "image_roi_stats", "sphere_kernel", "DEFAULT_PEAK_RADIUS_VOXELS"]
+__all__ = ["match_mask", "stats", "label_stats", "image_roi_stats", "sphere_kernel", "DEFAULT_PEAK_RADIUS_VOXELS", "tac"]
 
 #: Default peak sphere radius, in units of the largest voxel dimension.  Preclinical
 #: images have voxels of 0.4-1 mm, so this is a sphere of 0.6-1.5 mm radius
@@ -420,3 +420,12 @@ def image_roi_stats(image, *, mask=None, rtstruct=None, structures=None,
             raise ParameterError(f"structure {name!r} in {rtstruct} has no voxel on the image grid of {image}")
         out[name] = stats(img, m, **peak)
     return out
+
+
+def tac(volume: Volume, masks, **kwargs):
+    """Time-activity curves of ``masks`` in a 3D/4D image as a PET-BIDS table (``frame_start``,
+    ``frame_end`` in s, one column per region), decay handling explicit: see
+    :func:`invivo.kinetics.tac.tac` (and :func:`invivo.kinetics.tac.assemble_tac` for scans days apart)."""
+    from .kinetics.tac import tac as _tac
+
+    return _tac(volume, masks, **kwargs)
