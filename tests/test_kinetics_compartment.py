@@ -149,3 +149,38 @@ def test_bad_input():
         InputFunction([0, 60], [0, 1], decay_corrected=False)
     with pytest.raises(ParameterError, match="vB"):
         OneTCM(vB=1.5)
+
+
+def test_cli_fits_every_region_and_prints_json(tmp_path, capsys):
+    import json
+
+    import pandas as pd
+
+    from invivo.cli.main import main
+
+    inp = bolus_input()
+    pd.DataFrame({"time": inp.times_s, "plasma_radioactivity": inp.plasma,
+                  "whole_blood_radioactivity": inp.whole_blood}).to_csv(tmp_path / "blood.tsv", sep="\t", index=False)
+    m = TwoTCMIrr()
+    truth = {"tumour": {"K1": 0.2, "k2": 0.3, "k3": 0.05}, "liver": {"K1": 0.6, "k2": 0.5, "k3": 0.02}}
+    cols = {"frame_start": FRAMES.start_s, "frame_end": FRAMES.end_s}
+    for r, p in truth.items():
+        cols[r] = m.simulate(FRAMES, inp, vB=0.04, **p)
+    pd.DataFrame(cols).to_csv(tmp_path / "tac.tsv", sep="\t", index=False, float_format="%.17g")
+    rc = main(["kinetics", "--tac", str(tmp_path / "tac.tsv"), "--model", "2tcm-irr", "--input",
+               str(tmp_path / "blood.tsv"), "--json", "--out", str(tmp_path / "res.tsv")])
+    out = capsys.readouterr().out
+    assert rc == 0
+    res = json.loads(out)  # one JSON object and nothing else on stdout
+    for r, p in truth.items():
+        for k, v in p.items():
+            assert res[r][k] == pytest.approx(v, rel=1e-6)
+        assert res[r]["Ki"] == pytest.approx(p["K1"] * p["k3"] / (p["k2"] + p["k3"]), rel=1e-6)
+        assert set(res[r]["se"]) >= {"K1", "Ki"} and isinstance(res[r]["aic"], float)
+    table = pd.read_csv(tmp_path / "res.tsv", sep="\t")
+    assert list(table["region"]) == ["tumour", "liver"] and "Ki_se" in table.columns
+    rc = main(["kinetics", "--tac", str(tmp_path / "tac.tsv"), "--model", "2tcm-irr"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--input" in err and len(err.strip().splitlines()) == 1
+    rc = main(["kinetics", "--tac", str(tmp_path / "tac.tsv"), "--model", "4tcm", "--input", str(tmp_path / "blood.tsv")])
+    assert rc == 2 and "valid models" in capsys.readouterr().err

@@ -25,6 +25,7 @@ COMMANDS = {
     "spio": "spio",
     "register": "register",
     "resample": "resample",
+    "kinetics": "kinetics",
     "demo": "demo",
 }
 
