@@ -110,7 +110,8 @@ def check_curve(values, frames: Frames, what: str) -> np.ndarray:
         raise ParameterError(f"{what}: {y.size} values for {len(frames)} frames")
     nan = np.flatnonzero(~np.isfinite(y))
     if nan.size:
-        raise ParameterError(f"{what}: value of frame {int(nan[0])} is {float(y[nan[0]])!r}; remove the frame or fix the curve")
+        i = int(nan[0])
+        raise ParameterError(f"{what}: value of frame {i} is {float(y[i])!r}; remove the frame or fix the curve")
     return y
 
 
