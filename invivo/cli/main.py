@@ -26,6 +26,7 @@ COMMANDS = {
     "register": "register",
     "resample": "resample",
     "kinetics": "kinetics",
+    "kinetics-map": "kinetics_map",
     "demo": "demo",
 }
 
