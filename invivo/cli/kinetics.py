@@ -24,6 +24,8 @@ def add_arguments(p):
     p.add_argument("--half-life-s", type=float, default=None, help="isotope half-life (s) for decay weights or "
                                                                      "uncorrected blood samples")
     p.add_argument("--tstar-s", type=float, default=None, help="graphical models: t* (s) instead of the automatic choice")
+    p.add_argument("--dose-ug", type=float, default=None, help="mab-pk: injected antibody mass (ug, labelled + "
+                                                                "unlabelled); the TAC then holds serum ug/mL")
     p.add_argument("--json", action="store_true", help="print one JSON object {region: {param: value, se, aic}}")
     p.add_argument("--out", default=None, help="also write the results table (.tsv) or JSON (.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -46,6 +48,12 @@ def _options(args, kind: str, name: str):
         opts["tstar_s"] = args.tstar_s
     if kind == "plasma" and args.half_life_s:
         fit_opts["half_life_s"] = args.half_life_s
+    if kind == "serum":
+        if args.dose_ug is None:
+            from ..errors import ParameterError
+
+            raise ParameterError(f"model {name!r} needs the injected antibody mass: --dose-ug")
+        fit_opts["dose_ug"] = args.dose_ug
     return opts, fit_opts
 
 
