@@ -12,6 +12,7 @@ ITK's convention throughout: a :class:`Transform` maps *fixed*-space points to
 from .register import TRANSFORMS, Registration, register
 from .resample import INTERPOLATIONS, resample
 from .transforms import Transform, read_transform, write_transform
+from .workflows import register_dynamic, register_longitudinal, summed_image
 
 __all__ = ["register", "Registration", "resample", "Transform", "read_transform", "write_transform",
-           "TRANSFORMS", "INTERPOLATIONS"]
+           "TRANSFORMS", "INTERPOLATIONS", "register_dynamic", "register_longitudinal", "summed_image"]

@@ -64,7 +64,7 @@ def register_files(fixed, moving, out_transform, *, out_image=None, transform: s
 
     f = _pick(_load(fixed, "fixed image", fixed_series), fixed_frame, "fixed")
     m = _load(moving, "moving image", moving_series)
-    mk = None
+    mk = "auto"  # register()'s default: the fixed image's foreground
     if mask is not None:
         mk = _load(mask, "mask")
         mk = Volume(mk.data.astype(bool), mk.affine, mk.meta)

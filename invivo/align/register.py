@@ -349,32 +349,62 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
     else:
         tx = sitk.Euler3DTransform(base) if isinstance(base, sitk.Euler3DTransform) else base
 
-    def pyramid_pass(tx_, rate_scale):
+    def evaluate(tx_, level):
+        """The metric (all voxels of the level) at ``tx_``, without moving it."""
+        fi, fm, mi, _ = level
+        reg_ = _method(bins, 1.0, seed, 1, 1.0, 1.0, fm)
+        reg_.SetInitialTransform(tx_, inPlace=False)
+        return float(reg_.MetricEvaluate(fi, mi))
+
+    def guarded_run(tx_, level, samp, it, min_step, rate, relax=0.5):
+        """Run one level; if it ends at a worse metric than it started (a first step thrown off into
+        another basin, or a sampling-noise walk), keep the starting transform."""
         nonlocal total_iter
-        reg_ = None
-        for i, level in enumerate(pyramid):
+        before_params = tx_.GetParameters()
+        before = evaluate(tx_, level)
+        reg_ = run(tx_, level, samp, it, min_step, rate, relax)
+        total_iter += reg_.GetOptimizerIteration()
+        after = evaluate(tx_, level)
+        if not after <= before:
+            tx_.SetParameters(before_params)
+            after = before
+        return after
+
+    def pyramid_pass(tx_, rate_scale, first: int):
+        for i, level in enumerate(pyramid[first:], start=first):
             n_vox = int(np.prod(level[0].GetSize()))
             samp = 1.0 if n_vox * sampling < 20_000 else max(sampling, 20_000 / n_vox)
-            reg_ = run(tx_, level, samp if i < len(pyramid) - 1 else sampling, iterations,
-                       1e-3 * level[3], rate_scale * level[3])
-            total_iter += reg_.GetOptimizerIteration()
-        return reg_
+            guarded_run(tx_, level, samp if i < len(pyramid) - 1 else sampling, iterations,
+                        1e-3 * level[3], rate_scale * level[3])
 
-    reg = pyramid_pass(tx, 1.0)
+    # the several starts already converged at the coarsest level: go on from the next one
+    pyramid_pass(tx, 1.0, 1 if (len(rotations) > 1 and len(pyramid) > 1) else 0)
     if transform == "affine":
         aff = sitk.AffineTransform(3)
         aff.SetCenter(tx.GetCenter())
         aff.SetMatrix(tx.GetMatrix())
         aff.SetTranslation(tx.GetTranslation())
         tx = aff
-        reg = pyramid_pass(tx, 0.5)
+        pyramid_pass(tx, 0.5, max(0, len(pyramid) - 2))
+    finest = pyramid[-1]
     if final_pass:
-        # every voxel (a smooth, deterministic metric), a gentler step decay (0.7) so that the
-        # optimizer does not stall short of the optimum, steps down to 1e-3 voxel
-        reg = run(tx, pyramid[-1], 1.0, iterations, min_step_voxels * work_sp, final_step_voxels * work_sp,
-                  relax=final_relaxation)
-        total_iter += reg.GetOptimizerIteration()
-    metric = float(reg.GetMetricValue())
+        # every voxel (a smooth, deterministic metric), a gentler step decay (0.7) so that the optimizer
+        # does not stall short of the optimum, steps down to 1e-3 voxel; then once more from a fresh
+        # sampled descent of the finest level, keeping the better end (a stall a tenth of a voxel short
+        # is left by the second descent)
+        metric = guarded_run(tx, finest, 1.0, iterations, min_step_voxels * work_sp,
+                             final_step_voxels * work_sp, relax=final_relaxation)
+        first_params = tx.GetParameters()
+        guarded_run(tx, finest, sampling, iterations, 1e-3 * finest[3], 0.5 * finest[3])
+        second = guarded_run(tx, finest, 1.0, iterations, min_step_voxels * work_sp,
+                             final_step_voxels * work_sp, relax=final_relaxation)
+        if not second < metric:
+            tx.SetParameters(first_params)
+        else:
+            metric = second
+    else:
+        metric = evaluate(tx, finest)
+    coarse_final = evaluate(tx, coarse)
     smooth = [0.5 * lv[3] for lv in pyramid]
 
     result = Transform.from_sitk(tx, kind=transform)
@@ -400,6 +430,9 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         notes.append(f"only {100 * overlap:.0f} % of the fixed image's foreground maps inside the moving image")
     if not metric < -0.05:
         notes.append(f"weak mutual information at the optimum ({metric:.3f}): the images may not match")
+    if starts and coarse_final > min(st["metric"] for st in starts) + 0.2 * abs(min(st["metric"] for st in starts)):
+        notes.append(f"the result's coarse-level metric ({coarse_final:.3f}) is much weaker than the best start's "
+                     f"({min(st['metric'] for st in starts):.3f}): the optimizer may have left the right basin")
     if transform == "rigid" and result.rotation_deg() > 60:
         notes.append(f"large rotation ({result.rotation_deg():.0f} deg): check the QC overlay")
     quality = "good" if not notes else ("failed" if overlap < 0.1 else "check")
