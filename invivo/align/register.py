@@ -353,6 +353,8 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         """The metric (all voxels of the level) at ``tx_``, without moving it."""
         fi, fm, mi, _ = level
         reg_ = _method(bins, 1.0, seed, 1, 1.0, 1.0, fm)
+        reg_.SetMetricUseFixedImageGradientFilter(False)  # a value only: no gradient images
+        reg_.SetMetricUseMovingImageGradientFilter(False)
         reg_.SetInitialTransform(tx_, inPlace=False)
         return float(reg_.MetricEvaluate(fi, mi))
 

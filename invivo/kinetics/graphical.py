@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import InvivoWarning, ParameterError
 from .base import Frames, KineticFit, check_curve, frame_weights, information_criteria
 from .inputs import InputFunction
-from .simulate import fine_grid, frame_average, integrate
+from .simulate import fine_grid, frame_average, grid_index, integrate
 
 __all__ = ["Patlak", "Logan", "weighted_line", "select_tstar", "tissue_integral", "plasma_terms"]
 
@@ -197,8 +197,8 @@ def _double_integral(t, c):
 
 
 def _frame_mean_from_cumulative(t, cum, frames: Frames):
-    i0 = np.searchsorted(t, frames.start_min)
-    i1 = np.searchsorted(t, frames.end_min)
+    i0 = grid_index(t, frames.start_min)
+    i1 = grid_index(t, frames.end_min)
     return (cum[i1] - cum[i0]) / (frames.end_min - frames.start_min)
 
 

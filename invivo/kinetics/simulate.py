@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import ParameterError
 from .base import Frames
 
-__all__ = ["fine_grid", "conv_exp", "frame_average", "integrate"]
+__all__ = ["fine_grid", "conv_exp", "frame_average", "integrate", "grid_index"]
 
 
 def fine_grid(frames: Frames, *, dt_min: float = 0.05, t0_min: float = 0.0, extra_min=()) -> np.ndarray:
@@ -28,10 +28,14 @@ def fine_grid(frames: Frames, *, dt_min: float = 0.05, t0_min: float = 0.0, extr
         raise ParameterError(f"dt_min must be positive, got {dt_min!r}")
     knots = np.unique(np.concatenate([[t0_min], frames.start_min, frames.end_min, np.asarray(extra_min, float)]))
     knots = knots[knots >= t0_min]
+    # boundaries computed two ways (end of one frame, start of the next) may differ by an ulp: keep one
+    keep = np.concatenate([[True], np.diff(knots) > 1e-9 * np.maximum(1.0, np.abs(knots[1:]))])
+    knots = knots[keep]
     pieces = [knots[:1]]
     for a, b in zip(knots[:-1], knots[1:]):
         n = max(1, int(np.ceil((b - a) / dt_min - 1e-9)))
-        pieces.append(a + (b - a) * np.arange(1, n + 1) / n)
+        # interior points, then the knot itself exactly (a + (b - a) n / n can miss b by an ulp)
+        pieces.append(np.concatenate([a + (b - a) * np.arange(1, n) / n, [b]]))
     return np.concatenate(pieces)
 
 
@@ -104,12 +108,18 @@ def integrate(t, y):
     return out
 
 
+def grid_index(t, x):
+    """Indices of the grid points equal to ``x`` (to an ulp-level tolerance: boundaries computed two ways)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.searchsorted(t, x - 1e-9 * np.maximum(1.0, np.abs(x)))
+
+
 def frame_average(t, y, frames: Frames):
     """Mean of ``y`` (..., T) over each frame; ``t`` (min) must hold every frame boundary."""
     t = np.asarray(t, dtype=np.float64)
     cum = integrate(t, y)
-    i0 = np.searchsorted(t, frames.start_min)
-    i1 = np.searchsorted(t, frames.end_min)
+    i0 = grid_index(t, frames.start_min)
+    i1 = grid_index(t, frames.end_min)
     ok = (i0 < t.size) & (i1 < t.size)
     if not np.all(ok) or not (np.allclose(t[np.minimum(i0, t.size - 1)], frames.start_min, rtol=0, atol=1e-9)
                               and np.allclose(t[np.minimum(i1, t.size - 1)], frames.end_min, rtol=0, atol=1e-9)):
