@@ -29,7 +29,7 @@ def fine_grid(frames: Frames, *, dt_min: float = 0.05, t0_min: float = 0.0, extr
     knots = np.unique(np.concatenate([[t0_min], frames.start_min, frames.end_min, np.asarray(extra_min, float)]))
     knots = knots[knots >= t0_min]
     # boundaries computed two ways (end of one frame, start of the next) may differ by an ulp: keep one
-    keep = np.concatenate([[True], np.diff(knots) > 1e-9 * np.maximum(1.0, np.abs(knots[1:]))])
+    keep = np.concatenate([[True], np.diff(knots) > 1e-12 * np.maximum(1.0, np.abs(knots[1:]))])
     knots = knots[keep]
     pieces = [knots[:1]]
     for a, b in zip(knots[:-1], knots[1:]):
@@ -111,7 +111,7 @@ def integrate(t, y):
 def grid_index(t, x):
     """Indices of the grid points equal to ``x`` (to an ulp-level tolerance: boundaries computed two ways)."""
     x = np.asarray(x, dtype=np.float64)
-    return np.searchsorted(t, x - 1e-9 * np.maximum(1.0, np.abs(x)))
+    return np.searchsorted(t, x - 1e-12 * np.maximum(1.0, np.abs(x)))
 
 
 def frame_average(t, y, frames: Frames):
@@ -121,7 +121,7 @@ def frame_average(t, y, frames: Frames):
     i0 = grid_index(t, frames.start_min)
     i1 = grid_index(t, frames.end_min)
     ok = (i0 < t.size) & (i1 < t.size)
-    if not np.all(ok) or not (np.allclose(t[np.minimum(i0, t.size - 1)], frames.start_min, rtol=0, atol=1e-9)
-                              and np.allclose(t[np.minimum(i1, t.size - 1)], frames.end_min, rtol=0, atol=1e-9)):
+    if not np.all(ok) or not (np.allclose(t[np.minimum(i0, t.size - 1)], frames.start_min, rtol=2e-12, atol=1e-9)
+                              and np.allclose(t[np.minimum(i1, t.size - 1)], frames.end_min, rtol=2e-12, atol=1e-9)):
         raise ParameterError("frame_average: the time grid does not hold the frame boundaries (use fine_grid)")
     return (cum[..., i1] - cum[..., i0]) / (frames.end_min - frames.start_min)
