@@ -18,7 +18,8 @@ what was not run and why (in a note).  Five parts, all on synthetic data made he
 2. **Seeded noise** (PET frames: sd proportional to sqrt(activity / frame duration), 5 %
    in a 300-s frame at the curve's mean level; serum / blood samples: 5 % / 10 %
    log-normal): N fits per model (100; 20 in the quick run, 8 for 2tcm and 10 for mab-pk),
-   the median relative bias and the median reported SE against the spread of the fits.
+   the median relative bias and the median reported SE against the spread of the fits
+   (judged from 20 fits on).
 3. **Independent cross-checks**: the Stein 2019 typical CAR-T curve (half-lives 4.33 and
    216.6 d, AUC 0-28 about 172,000); SRTM and Logan-ref on a 1TCM reference and a 2TCM
    target with BPND 1.5 and R1 1.2; Patlak Ki of a 2TCM-irr curve; Logan VT of a 1TCM
@@ -426,7 +427,8 @@ def validate_cli(table: Table, scan: Scan, workdir: Path) -> None:
 
 # ----------------------------------------------------------------------------- 2. seeded noise
 def noise_setup(name: str, scan: Scan):
-    """(model, noise-free data, truth, draw(rng) -> fit, judged parameters) for the noisy fits."""
+    """(truth, judged parameters, draw) for the noisy fits of one model: ``draw(rng)`` adds seeded
+    noise to the model's noise-free data and returns the fit."""
     from invivo.kinetics import get_model
     from invivo.kinetics.graphical import plasma_terms
 
@@ -959,7 +961,7 @@ def main(argv=None) -> int:
           f"{NOISE_CELLS:.0%} log-normal for serum / cells; |median bias| <= {BIAS_ALLOW:.0%} ({BIAS_ALLOW_LOGAN:.0%} "
           f"Logan) + {K_SE:g} x 1.2533 sd / sqrt(N)")
     print(f"    (sd: 1.4826 MAD of the fits, or their median SE if larger); |ln(median SE / sd)| <= ln 1.25 + "
-          f"{K_SD:g} / sqrt(2 (N - 1)), judged for the main parameters;")
+          f"{K_SD:g} / sqrt(2 (N - 1)), judged for the main parameters when N >= {MIN_N_SE_JUDGED};")
     print(f"  3 Stein half-lives to the published digits, AUC 0-28 within {TOL_STEIN_AUC:.1%} of 172,000; BPND "
           f"{TOL_SRTM_BPND:.0%}, R1 {TOL_SRTM_R1_FAST:.0%} (fast exchange); Patlak Ki {TOL_PATLAK_KI:.0%}, Logan VT "
           f"{TOL_LOGAN_VT:.0%}; 1TCM vs ODE within its discretisation bound, fit {TOL_ODE_FIT:g};")
