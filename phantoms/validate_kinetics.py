@@ -34,7 +34,7 @@ what was not run and why (in a note).  Five parts, all on synthetic data made he
 
 ``--quick`` runs 20 noisy fits per model (8 for 2tcm, 10 for mab-pk) and 2,000-voxel noisy
 maps (< 60 s; 11-41 s measured on a shared 2-core machine); the full run 100 fits per model
-and 20,000-voxel maps (< 5 min; 100-160 s measured).
+and 20,000-voxel maps (< 5 min; 90-180 s measured).
 ``--seed`` changes the noise.  See ``phantoms/README.md`` for the tolerances and why.
 """
 
