@@ -16,7 +16,8 @@ import numpy as np
 
 from ..errors import ParameterError
 
-__all__ = ["Frames", "KineticFit", "least_squares", "frame_weights", "check_curve", "information_criteria"]
+__all__ = ["Frames", "KineticFit", "least_squares", "frame_weights", "check_curve", "information_criteria",
+           "delta_se", "read_table"]
 
 
 @dataclass(frozen=True)
@@ -239,3 +240,31 @@ def least_squares(residual: Callable, params, *, method: str = "leastsq", starts
         raise ParameterError("the fit failed from every starting point (the model returned NaN): check the curve "
                              "and the input function")
     return best
+
+
+def delta_se(res, grad: dict) -> float:
+    """Standard error of a derived quantity by the delta method from an lmfit result's covariance
+    (``grad``: d quantity / d parameter for the varying parameters; NaN without a covariance)."""
+    if res.covar is None:
+        return math.nan
+    g = np.array([grad.get(n, 0.0) for n in res.var_names])
+    var = float(g @ res.covar @ g)
+    return math.sqrt(var) if var >= 0 else math.nan
+
+
+def read_table(path, what: str):
+    """A TSV/CSV table (separator sniffed) and ``{lower-case stripped name: column name}``.
+
+    ParameterError naming the file when it is missing or unreadable."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    p = Path(path)
+    if not p.exists():
+        raise ParameterError(f"{what} {p} does not exist")
+    try:
+        df = pd.read_csv(p, sep=None, engine="python")
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ParameterError(f"{what} {p} is not a readable table ({exc})") from None
+    return df, {c.strip().lower(): c for c in df.columns}

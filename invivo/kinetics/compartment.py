@@ -19,7 +19,8 @@ import math
 import numpy as np
 
 from ..errors import ParameterError
-from .base import Frames, KineticFit, check_curve, frame_weights, information_criteria, least_squares
+from .base import (Frames, KineticFit, check_curve, delta_se, frame_weights, information_criteria,
+                   least_squares)
 from .inputs import InputFunction
 from .simulate import conv_exp, fine_grid, frame_average
 
@@ -159,7 +160,7 @@ class _CompartmentModel:
                   (0.0 if not res.params[r].vary else math.nan)) for r in self.param_names}
         for name, val, grad in self._derived(v):
             params_out[name] = val
-            se[name] = _delta_se(res, grad)
+            se[name] = delta_se(res, grad)
         return KineticFit(model=self.name, params=params_out, se=se, aic=aic, aicc=aicc, bic=bic, wrss=wrss,
                           n_points=int(y.size), n_params=k, fitted=fitted, residuals=y - fitted,
                           units={p: RATE_UNITS.get(p, "") for p in params_out},
@@ -170,16 +171,6 @@ class _CompartmentModel:
 
     def _derived(self, v):  # (name, value, {param: d value / d param})
         return []
-
-
-def _delta_se(res, grad: dict) -> float:
-    """Standard error of a derived quantity by the delta method from lmfit's covariance."""
-    if res.covar is None:
-        return math.nan
-    names = res.var_names
-    g = np.array([grad.get(n, 0.0) for n in names])
-    var = float(g @ res.covar @ g)
-    return math.sqrt(var) if var >= 0 else math.nan
 
 
 class OneTCM(_CompartmentModel):

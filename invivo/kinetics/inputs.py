@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ParameterError
-from .base import Frames
+from .base import Frames, read_table
 
 __all__ = ["InputFunction", "load_blood"]
 
@@ -154,16 +154,8 @@ def load_blood(path: str | os.PathLike, *, half_life_s: float | None = None) -> 
     A JSON sidecar with ``"DecayCorrected": false`` (or ``"PlasmaAvail"`` style BIDS keys)
     marks uncorrected samples, which then need ``half_life_s``.
     """
-    import pandas as pd
-
     p = Path(path)
-    if not p.exists():
-        raise ParameterError(f"blood file {p} does not exist")
-    try:
-        df = pd.read_csv(p, sep=None, engine="python")
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ParameterError(f"blood file {p} is not a readable table ({exc})") from None
-    cols = {c.strip().lower(): c for c in df.columns}
+    df, cols = read_table(p, "blood file")
     if "time" not in cols:
         raise ParameterError(f"blood file {p} has no 'time' column (PET-BIDS: time in s)")
     plasma_col = cols.get("plasma_radioactivity") or cols.get("whole_blood_radioactivity")

@@ -29,7 +29,8 @@ import numpy as np
 
 from ..backend import float_dtype, get_array_module, to_device
 from ..errors import ParameterError
-from .base import Frames, KineticFit, check_curve, frame_weights, information_criteria, least_squares
+from .base import (Frames, KineticFit, check_curve, delta_se, frame_weights, information_criteria,
+                   least_squares)
 from .graphical import _GraphicalModel, _ratio, _solve_logan, tissue_integral
 from .simulate import conv_exp, fine_grid, frame_average
 
@@ -223,7 +224,7 @@ class SRTM:
               for n in self.param_names}
         k2, bp = v["k2"], v["BPND"]
         params_out["k2a"] = k2 / (1.0 + bp)
-        se["k2a"] = _delta_se(res, {"k2": 1.0 / (1.0 + bp), "BPND": -k2 / (1.0 + bp) ** 2})
+        se["k2a"] = delta_se(res, {"k2": 1.0 / (1.0 + bp), "BPND": -k2 / (1.0 + bp) ** 2})
         return KineticFit(model=self.name, params=params_out, se=se, aic=aic, aicc=aicc, bic=bic, wrss=wrss,
                           n_points=int(y.size), n_params=k, fitted=fitted, residuals=y - fitted,
                           units={p: UNITS[p] for p in params_out},
@@ -232,14 +233,6 @@ class SRTM:
                                 "region": region, "dt_min": self.dt_min,
                                 "start": {"R1": r1, "k2a": k2a0, "BPND": bp0, "bfm_status": int(est["status"])},
                                 "reference_interpolation": "linear between frame mid times, 0 at t = 0"})
-
-
-def _delta_se(res, grad: dict) -> float:
-    if res.covar is None:
-        return math.nan
-    g = np.array([grad.get(n, 0.0) for n in res.var_names])
-    var = float(g @ res.covar @ g)
-    return math.sqrt(var) if var >= 0 else math.nan
 
 
 def _check_grid(k2a_grid):

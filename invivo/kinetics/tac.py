@@ -19,7 +19,7 @@ import numpy as np
 from ..backend import get_array_module, to_device
 from ..errors import ParameterError
 from ..volume import Volume
-from .base import Frames
+from .base import Frames, read_table
 
 __all__ = ["tac", "assemble_tac", "read_tac", "write_tac", "DECAY_MODES"]
 
@@ -217,13 +217,7 @@ def read_tac(path: str | os.PathLike):
     import pandas as pd
 
     p = Path(path)
-    if not p.exists():
-        raise ParameterError(f"TAC file {p} does not exist")
-    try:
-        df = pd.read_csv(p, sep=None, engine="python")
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ParameterError(f"TAC file {p} is not a readable table ({exc})") from None
-    cols = {c.strip().lower(): c for c in df.columns}
+    df, cols = read_table(p, "TAC file")
     if "frame_start" in cols and "frame_end" in cols:
         frames = Frames(df[cols["frame_start"]].to_numpy(float), df[cols["frame_end"]].to_numpy(float))
         drop = [cols["frame_start"], cols["frame_end"]]
