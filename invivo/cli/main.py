@@ -27,6 +27,7 @@ COMMANDS = {
     "resample": "resample",
     "kinetics": "kinetics",
     "kinetics-map": "kinetics_map",
+    "run": "run_study",
     "demo": "demo",
 }
 
