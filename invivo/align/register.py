@@ -164,7 +164,7 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
              levels_mm=None, bins: int = 32, sampling: float = 0.5, iterations: int = 200,
              window_percentiles=(0.5, 99.5), final_pass: bool = True, seed: int = 0,
              threads: int | None = None, smooth_moving_voxels: float = 1.0, final_step_voxels: float = 0.5,
-             final_relaxation: float = 0.7, min_step_voxels: float = 1e-3) -> Registration:
+             final_iterations: int = 100, max_start_drift_deg: float = 45.0) -> Registration:
     """Register ``moving`` to ``fixed`` by Mattes mutual information.
 
     Parameters
@@ -215,9 +215,14 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         SimpleITK worker threads (default: all cores).
     smooth_moving_voxels : float
         Gaussian sigma (in moving voxels) applied to the moving image at the finest level.
-    final_step_voxels, final_relaxation, min_step_voxels : float
-        Regular-step gradient descent of the final pass: first step, step decay at each
-        change of direction, and the step at which it stops, in voxels of the coarser image.
+    final_step_voxels : float
+        Largest step of the final pass's line searches, in voxels of the coarser image.
+    final_iterations : int
+        Conjugate-gradient iterations of the final pass (it stops earlier when the metric
+        changes by less than 1e-7 over 5 iterations).
+    max_start_drift_deg : float
+        A starting rotation whose coarse-level descent turns the image by more than this
+        (a slide into a mirrored or flipped pose) is not used.
 
     Returns
     -------
@@ -339,12 +344,19 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
             if any(rot):
                 r = _rotation_lps(rot) @ np.array(base.GetMatrix()).reshape(3, 3)
                 cand.SetMatrix(r.ravel().tolist())
+            r_start = np.array(cand.GetMatrix()).reshape(3, 3)
             reg = run(cand, coarse, 1.0, max(50, iterations // 4), 1e-2 * coarse[3], coarse[3])
             metric = reg.GetMetricValue()
             total_iter += reg.GetOptimizerIteration()
-            starts.append({"rotation_deg": list(rot), "metric": float(metric)})
+            r_end = np.array(cand.GetMatrix()).reshape(3, 3)
+            drift = math.degrees(math.acos(float(np.clip((np.trace(r_start.T @ r_end) - 1) / 2, -1, 1))))
+            starts.append({"rotation_deg": list(rot), "metric": float(metric), "drift_deg": drift})
+            if drift > max_start_drift_deg:
+                continue
             if best is None or metric < best[0]:
                 best = (metric, cand)
+        if best is None:  # every start slid away: keep the unrotated initialisation
+            best = (None, sitk.Euler3DTransform(base))
         tx = best[1]
     else:
         tx = sitk.Euler3DTransform(base) if isinstance(base, sitk.Euler3DTransform) else base
@@ -390,20 +402,11 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         pyramid_pass(tx, 0.5, max(0, len(pyramid) - 2))
     finest = pyramid[-1]
     if final_pass:
-        # every voxel (a smooth, deterministic metric), a gentler step decay (0.7) so that the optimizer
-        # does not stall short of the optimum, steps down to 1e-3 voxel; then once more from a fresh
-        # sampled descent of the finest level, keeping the better end (a stall a tenth of a voxel short
-        # is left by the second descent)
-        metric = guarded_run(tx, finest, 1.0, iterations, min_step_voxels * work_sp,
-                             final_step_voxels * work_sp, relax=final_relaxation)
-        first_params = tx.GetParameters()
-        guarded_run(tx, finest, sampling, iterations, 1e-3 * finest[3], 0.5 * finest[3])
-        second = guarded_run(tx, finest, 1.0, iterations, min_step_voxels * work_sp,
-                             final_step_voxels * work_sp, relax=final_relaxation)
-        if not second < metric:
-            tx.SetParameters(first_params)
-        else:
-            metric = second
+        # every voxel (a smooth, deterministic metric) and conjugate gradients with a line search: the
+        # regular-step descent used before stalled a tenth of a voxel short of the optimum in narrow valleys
+        # (roll about the long axis coupled with a shift), which a line search along conjugate directions
+        # crosses (phantoms/validate_registration.py)
+        metric = _line_search_pass(tx, finest, bins, final_step_voxels * work_sp, final_iterations, evaluate)
     else:
         metric = evaluate(tx, finest)
     coarse_final = evaluate(tx, coarse)
@@ -416,7 +419,7 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
                 "start_rotations_deg": float(start_rotations_deg), "window_percentiles": list(window_percentiles),
                 "final_pass": bool(final_pass), "seed": int(seed), "iterations_per_level": int(iterations),
                 "smooth_moving_voxels": float(smooth_moving_voxels), "final_step_voxels": float(final_step_voxels),
-                "final_relaxation": float(final_relaxation), "min_step_voxels": float(min_step_voxels)}
+                "final_optimizer": "ConjugateGradientLineSearch", "final_iterations": int(final_iterations)}
     result.info = {"registration": settings, "metric": metric}
 
     # quality: how much of the fixed foreground lands inside the moving field of view, and the metric
@@ -445,6 +448,35 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
     return Registration(transform=result, metric=metric, iterations=int(total_iter), quality=quality,
                         overlap=overlap, warnings=notes, starts=starts, settings=settings, elapsed_s=elapsed,
                         fixed=fixed, moving=moving)
+
+
+def _line_search_pass(tx, level, bins, step_mm: float, iterations: int, evaluate) -> float:
+    """Conjugate-gradient descent with a golden-section line search on every voxel of ``level``;
+    keeps the starting transform if it ends worse.  Returns the metric at the end."""
+    import SimpleITK as sitk
+
+    fi, fm, mi, _ = level
+    before, p0 = evaluate(tx, level), tx.GetParameters()
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
+    reg.SetMetricSamplingStrategy(reg.NONE)
+    if fm is not None:
+        reg.SetMetricFixedMask(fm)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsConjugateGradientLineSearch(
+        learningRate=step_mm, numberOfIterations=int(iterations), convergenceMinimumValue=1e-7,
+        convergenceWindowSize=5, lineSearchLowerLimit=0.0, lineSearchUpperLimit=2.0, lineSearchEpsilon=0.01,
+        lineSearchMaximumIterations=10, estimateLearningRate=reg.Never, maximumStepSizeInPhysicalUnits=step_mm)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    n_f, n_m = np.prod(fi.GetSize()), np.prod(mi.GetSize())
+    reg.SetMetricUseMovingImageGradientFilter(bool(n_m <= 4 * n_f))
+    reg.SetInitialTransform(tx, inPlace=True)
+    reg.Execute(fi, mi)
+    after = evaluate(tx, level)
+    if not after <= before:
+        tx.SetParameters(p0)
+        after = before
+    return after
 
 
 def _auto_mask(img, margin_mm: float):
