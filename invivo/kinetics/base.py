@@ -16,8 +16,8 @@ import numpy as np
 
 from ..errors import ParameterError
 
-__all__ = ["Frames", "KineticFit", "least_squares", "frame_weights", "check_curve", "information_criteria",
-           "delta_se", "read_table"]
+__all__ = ["Frames", "KineticFit", "least_squares", "frame_weights", "check_curve", "check_frames",
+           "check_from_injection", "check_dt_min", "weights_label", "information_criteria", "delta_se", "read_table"]
 
 
 @dataclass(frozen=True)
@@ -104,9 +104,20 @@ class Frames:
         return self.mid_s / 60.0
 
 
+def check_frames(frames, what: str) -> None:
+    """ParameterError unless ``frames`` is a :class:`Frames`."""
+    if not isinstance(frames, Frames):
+        raise ParameterError(f"{what}: frames must be a Frames (frame start and end times, s), "
+                             f"not {type(frames).__name__}")
+
+
 def check_curve(values, frames: Frames, what: str) -> np.ndarray:
     """A finite 1D curve with one value per frame."""
-    y = np.asarray(values, dtype=np.float64)
+    check_frames(frames, what)
+    try:
+        y = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{what}: the values must be numbers, one per frame") from None
     if y.ndim != 1 or y.size != len(frames):
         raise ParameterError(f"{what}: {y.size} values for {len(frames)} frames")
     nan = np.flatnonzero(~np.isfinite(y))
@@ -114,6 +125,25 @@ def check_curve(values, frames: Frames, what: str) -> np.ndarray:
         i = int(nan[0])
         raise ParameterError(f"{what}: value of frame {i} is {float(y[i])!r}; remove the frame or fix the curve")
     return y
+
+
+def check_from_injection(frames: Frames) -> None:
+    """ParameterError unless the first frame starts at or after the injection (t = 0)."""
+    if frames.start_s[0] < 0:
+        raise ParameterError(f"frames: the first frame starts at {frames.start_s[0]:g} s, before the injection "
+                             "(t = 0); give times from the injection")
+
+
+def check_dt_min(dt_min) -> float:
+    """The grid step of a model's plasma or reference integrals: a number in (0, 0.1] min."""
+    if not (isinstance(dt_min, (int, float, np.integer, np.floating)) and 0 < dt_min <= 0.1):
+        raise ParameterError(f"dt_min must be in (0, 0.1] min, got {dt_min!r}")
+    return float(dt_min)
+
+
+def weights_label(weights) -> str:
+    """How a fit records its weights: the scheme's name, or ``"user"`` for an array."""
+    return weights if isinstance(weights, str) else "user"
 
 
 def frame_weights(frames: Frames, weights="duration", *, half_life_s: float | None = None,

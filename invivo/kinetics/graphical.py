@@ -27,6 +27,19 @@ them, ``|y_i - yhat_i| <= max_rel_residual |yhat_i|``.  When no start qualifies 
 ``min_points`` frames are used with an :class:`InvivoWarning` (``info["tstar_linear"]``
 is then False).  Frames whose transform is undefined (a zero denominator, e.g. before the
 tracer arrives) cannot start the line.
+
+Examples
+--------
+>>> import numpy as np
+>>> frames = Frames.from_durations([60] * 5 + [300] * 10)
+>>> t = np.arange(0, 3601, 10.0)
+>>> inp = InputFunction(t, 100 * (t / 60) * np.exp(-t / 60) + 10 * np.exp(-t / 3000))
+>>> fit = Patlak().fit(Patlak.simulate(frames, inp, Ki=0.02, V0=0.3), frames, inp)
+>>> round(fit.params["Ki"], 8), round(fit.params["V0"], 8)
+(0.02, 0.3)
+>>> fit = Logan().fit(Logan.simulate(frames, inp, VT=1.5, intercept=-8.0), frames, inp)
+>>> round(fit.params["VT"], 8), round(fit.params["intercept"], 6)
+(1.5, -8.0)
 """
 
 from __future__ import annotations
@@ -37,7 +50,8 @@ import warnings
 import numpy as np
 
 from ..errors import InvivoWarning, ParameterError
-from .base import Frames, KineticFit, check_curve, frame_weights, information_criteria
+from .base import (Frames, KineticFit, check_curve, check_dt_min, check_from_injection, frame_weights,
+                   information_criteria, weights_label)
 from .inputs import InputFunction
 from .simulate import fine_grid, frame_average, grid_index, integrate
 
@@ -68,10 +82,14 @@ def weighted_line(x, y, w):
     >>> round(s, 12), round(b, 12), round(wrss, 12)
     (2.0, 1.0, 0.0)
     """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64)
+    x, y, w = (np.asarray(a, dtype=np.float64) for a in (x, y, w))
+    if not (x.ndim == 1 and x.shape == y.shape == w.shape and x.size >= 2):
+        raise ParameterError(f"weighted_line: x, y and w must be 1D of one length >= 2, got shapes {x.shape}, "
+                             f"{y.shape} and {w.shape}")
     sw = w.sum()
+    if not sw > 0:
+        raise ParameterError("graphical fit: every frame used has weight 0; no line can be fitted "
+                             "(give positive weights to the frames from t* on)")
     xm = float(w @ x) / sw
     ym = float(w @ y) / sw
     dx = x - xm
@@ -177,12 +195,18 @@ def tissue_integral(values, frames: Frames) -> np.ndarray:
     >>> f = Frames([0, 60, 120], [60, 120, 240])
     >>> tissue_integral([1.0, 1.0, 1.0], f).tolist()   # a constant curve: <t>_i, min
     [0.5, 1.5, 3.0]
+
+    ``values`` may hold many curves, ``(..., n)``, the frames on the last axis.
     """
     c = np.asarray(values, dtype=np.float64)
+    if c.shape[-1:] != (len(frames),):
+        raise ParameterError(f"tissue_integral: {c.shape[-1] if c.ndim else 1} values per curve for "
+                             f"{len(frames)} frames")
     d = frames.duration_s / 60.0
     gaps = frames.start_min[1:] - frames.end_min[:-1]
-    inc = c[:-1] * d[:-1] + np.maximum(gaps, 0.0) * 0.5 * (c[:-1] + c[1:])
-    start_int = 0.5 * c[0] * max(float(frames.start_min[0]), 0.0) + np.concatenate([[0.0], np.cumsum(inc)])
+    inc = c[..., :-1] * d[:-1] + np.maximum(gaps, 0.0) * 0.5 * (c[..., :-1] + c[..., 1:])
+    start_int = (0.5 * c[..., :1] * max(float(frames.start_min[0]), 0.0)
+                 + np.concatenate([np.zeros_like(c[..., :1]), np.cumsum(inc, axis=-1)], axis=-1))
     return start_int + 0.5 * c * d
 
 
@@ -213,9 +237,10 @@ def plasma_terms(frames: Frames, inp: InputFunction, *, dt_min: float = 0.05):
     cp, icp, cb : (n,) arrays
         ``<C_p>_i`` (Bq/mL), ``<int_0^t C_p>_i`` (Bq/mL x min), ``<C_B>_i`` (Bq/mL).
     """
-    if frames.start_s[0] < 0:
-        raise ParameterError(f"frames: the first frame starts at {frames.start_s[0]:g} s, before the injection "
-                             "(t = 0); give times from the injection")
+    if not isinstance(inp, InputFunction):
+        raise ParameterError(f"the plasma input must be an InputFunction (samples against time, s), not "
+                             f"{type(inp).__name__}; a reference region's curve goes to srtm, logan-ref or patlak-ref")
+    check_from_injection(frames)
     inp.check_covers(frames)
     knots = inp.times_s / 60.0
     t = fine_grid(frames, dt_min=dt_min, extra_min=knots[knots < frames.end_min[-1]])
@@ -227,6 +252,14 @@ def plasma_terms(frames: Frames, inp: InputFunction, *, dt_min: float = 0.05):
 
 # ---------------------------------------------------------------------------------------------- models
 class _GraphicalModel:
+    """What the graphical models share (Patlak, Logan here; Logan-ref, Patlak-ref in
+    :mod:`invivo.kinetics.reference`): the options, t* selection and the weighted line.
+
+    A model names its slope and intercept and turns the checked curve into the plot's
+    coordinates in ``_plot(y, frames, source) -> (x, y, info)`` (``source``: the plasma
+    input or the reference curve); its public ``fit`` calls :meth:`_fit`.
+    """
+
     name = ""
     slope = ""
     intercept = ""
@@ -258,24 +291,26 @@ class _GraphicalModel:
             raise ParameterError(f"min_points must be an integer >= 3, got {min_points!r}")
         if not (isinstance(max_rel_residual, (int, float, np.floating)) and 0 < max_rel_residual < 1):
             raise ParameterError(f"max_rel_residual must be a fraction in (0, 1), got {max_rel_residual!r}")
-        if not (0 < dt_min <= 0.1):
-            raise ParameterError(f"dt_min must be in (0, 0.1] min, got {dt_min!r}")
         self.tstar_s = None if tstar_s is None else float(tstar_s)
         self.min_points = int(min_points)
         self.max_rel_residual = float(max_rel_residual)
         self.weights = weights
         self.half_life_s = half_life_s
-        self.dt_min = float(dt_min)
+        self.dt_min = check_dt_min(dt_min)
 
     def __repr__(self) -> str:
         t = "auto" if self.tstar_s is None else f"{self.tstar_s:g} s"
-        return f"{type(self).__name__}(tstar={t}, weights={self.weights if isinstance(self.weights, str) else 'user'})"
+        return f"{type(self).__name__}(tstar={t}, weights={weights_label(self.weights)})"
 
-    def _line_fit(self, x, y, frames: Frames, what: str, extra_info: dict) -> KineticFit:
+    def _fit(self, tac, frames: Frames, source, region: str) -> KineticFit:
+        """Check the curve, transform it (``_plot``), select t* and fit the line."""
+        what = f"{self.name} fit of {region or 'the curve'}"
+        y = check_curve(tac, frames, what)
+        x, yy, extra_info = self._plot(y, frames, source)
         w = frame_weights(frames, self.weights, half_life_s=self.half_life_s)
-        k, tinfo = select_tstar(frames, x, y, w, tstar_s=self.tstar_s, min_points=self.min_points,
+        k, tinfo = select_tstar(frames, x, yy, w, tstar_s=self.tstar_s, min_points=self.min_points,
                                 max_rel_residual=self.max_rel_residual, what=what)
-        xs, ys, ws = x[k:], y[k:], w[k:]
+        xs, ys, ws = x[k:], yy[k:], w[k:]
         slope, icpt, cov, wrss = weighted_line(xs, ys, ws)
         fitted = icpt + slope * xs
         aic, aicc, bic = information_criteria(wrss, xs.size, 2)
@@ -285,12 +320,15 @@ class _GraphicalModel:
             g = np.array([grad.get(self.slope, 0.0), grad.get(self.intercept, 0.0)])
             params[name] = val
             se[name] = _sqrt(float(g @ cov @ g))
-        info = {"weights": self.weights if isinstance(self.weights, str) else "user", **tinfo,
-                "frames_used": list(range(k, x.size)), "n_frames": int(x.size), "x": x, "y": y,
-                "cov": cov, "space": f"{self.name} plot (fitted and residuals are y of the plot)", **extra_info}
+        info = {"weights": weights_label(self.weights), **tinfo, "frames_used": list(range(k, x.size)),
+                "n_frames": int(x.size), "x": x, "y": yy, "cov": cov,
+                "space": f"{self.name} plot (fitted and residuals are y of the plot)", "region": region, **extra_info}
         return KineticFit(model=self.name, params=params, se=se, aic=aic, aicc=aicc, bic=bic, wrss=wrss,
                           n_points=int(xs.size), n_params=2, fitted=fitted, residuals=ys - fitted,
                           units={p: self.units.get(p, "") for p in params}, info=info)
+
+    def _plot(self, y, frames: Frames, source):
+        raise NotImplementedError
 
     def _derived(self, slope, intercept):
         return []
@@ -307,22 +345,34 @@ def _ratio(num, den):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def _patlak_xy(tac, conc, integral):
+    """Patlak plot of a tissue curve against an input curve (plasma or reference) ``conc`` with
+    running-integral frame means ``integral``: ``x = integral / conc``, ``y = tac / conc``."""
+    return _ratio(integral, conc), _ratio(tac, conc)
+
+
+def _logan_xy(tac, x_numerator, frames: Frames):
+    """Logan plot of a tissue curve: ``x = x_numerator / tac``, ``y = <int tac> / tac``."""
+    return _ratio(x_numerator, tac), _ratio(tissue_integral(tac, frames), tac)
+
+
+def _solve_logan(frames: Frames, rhs, intercept: float, what: str):
+    """Frame averages ``C`` with ``tissue_integral(C) = rhs + intercept C`` (intercept < 0 min)."""
+    from scipy.linalg import solve_triangular
+
+    if not intercept < 0:
+        raise ParameterError(f"{what}: intercept must be negative (min), got {intercept!r}")
+    n = len(frames)
+    # tissue_integral is linear and lower triangular in C: tissue_integral(C) = a @ C
+    a = tissue_integral(np.eye(n), frames).T
+    return solve_triangular(a - intercept * np.eye(n), np.asarray(rhs, dtype=np.float64), lower=True)
+
+
 class Patlak(_GraphicalModel):
     """Patlak plot: net influx rate Ki (slope, mL/cm^3/min) and intercept V0 (mL/cm^3).
 
     ``x_i = <int_0^t C_p>_i / <C_p>_i`` (min), ``y_i = C_PET,i / <C_p>_i``; the PET curve
-    is used as measured (blood volume is part of V0).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> frames = Frames.from_durations([60] * 5 + [300] * 10)
-    >>> t = np.arange(0, 3601, 10.0)
-    >>> inp = InputFunction(t, 100 * (t / 60) * np.exp(-t / 60) + 10 * np.exp(-t / 3000))
-    >>> tac = Patlak.simulate(frames, inp, Ki=0.02, V0=0.3)
-    >>> fit = Patlak().fit(tac, frames, inp)
-    >>> round(fit.params["Ki"], 8), round(fit.params["V0"], 8)
-    (0.02, 0.3)
+    is used as measured (blood volume is part of V0).  Example: the module docstring.
     """
 
     name = "patlak"
@@ -357,12 +407,11 @@ class Patlak(_GraphicalModel):
             ``Ki`` (mL/cm^3/min), ``V0`` (mL/cm^3) with SEs; ``info`` holds t*, the frames used
             and the plot coordinates.
         """
-        what = f"patlak fit of {region or 'the curve'}"
-        y = check_curve(tac, frames, what)
+        return self._fit(tac, frames, inp, region)
+
+    def _plot(self, y, frames, inp):
         cp, icp, _ = plasma_terms(frames, inp, dt_min=self.dt_min)
-        x = _ratio(icp, cp)
-        yy = _ratio(y, cp)
-        return self._line_fit(x, yy, frames, what, {"input": inp.description, "region": region})
+        return (*_patlak_xy(y, cp, icp), {"input": inp.description})
 
 
 class Logan(_GraphicalModel):
@@ -370,18 +419,8 @@ class Logan(_GraphicalModel):
 
     ``x_i = <int_0^t C_p>_i / C_T,i`` (min), ``y_i = <int_0^t C_T>_i / C_T,i`` (min), the
     tissue integral from the frame averages (:func:`tissue_integral`).  With ``vB`` the
-    blood is removed first: ``C_T = (C_PET - vB <C_B>) / (1 - vB)``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> frames = Frames.from_durations([60] * 5 + [300] * 10)
-    >>> t = np.arange(0, 3601, 10.0)
-    >>> inp = InputFunction(t, 100 * (t / 60) * np.exp(-t / 60) + 10 * np.exp(-t / 3000))
-    >>> tac = Logan.simulate(frames, inp, VT=1.5, intercept=-8.0)
-    >>> fit = Logan().fit(tac, frames, inp)
-    >>> round(fit.params["VT"], 8), round(fit.params["intercept"], 6)
-    (1.5, -8.0)
+    blood is removed first: ``C_T = (C_PET - vB <C_B>) / (1 - vB)``.  Example: the module
+    docstring.
     """
 
     name = "logan"
@@ -409,10 +448,8 @@ class Logan(_GraphicalModel):
         first frame: ``<int C_T>_i = VT <int C_p>_i + intercept C_T,i`` solved frame by frame
         (the frame-level analogue of a one-tissue curve, K1 = -VT / intercept, k2 = -1 / intercept;
         ``intercept`` < 0 min)."""
-        if not intercept < 0:
-            raise ParameterError(f"Logan.simulate: intercept must be negative (min), got {intercept!r}")
         _, icp, _ = plasma_terms(frames, inp, dt_min=dt_min)
-        return _solve_logan(frames, VT * icp, intercept)
+        return _solve_logan(frames, VT * icp, intercept, "Logan.simulate")
 
     def fit(self, tac, frames: Frames, inp: InputFunction, *, region: str = "") -> KineticFit:
         """Fit one time-activity curve (Bq/mL per frame, decay corrected); see ``Patlak.fit``.
@@ -422,21 +459,9 @@ class Logan(_GraphicalModel):
         KineticFit
             ``VT`` (mL/cm^3) and ``intercept`` (min) with SEs.
         """
-        what = f"logan fit of {region or 'the curve'}"
-        y = check_curve(tac, frames, what)
+        return self._fit(tac, frames, inp, region)
+
+    def _plot(self, y, frames, inp):
         _, icp, cb = plasma_terms(frames, inp, dt_min=self.dt_min)
         ct = (y - self.vB * cb) / (1.0 - self.vB) if self.vB else y
-        x = _ratio(icp, ct)
-        yy = _ratio(tissue_integral(ct, frames), ct)
-        return self._line_fit(x, yy, frames, what, {"input": inp.description, "region": region, "vB": self.vB})
-
-
-def _solve_logan(frames: Frames, rhs, intercept: float):
-    """Frame averages ``C_i`` with ``tissue_integral(C)_i = rhs_i + intercept C_i`` (recursively)."""
-    n = len(frames)
-    c = np.zeros(n)
-    for i in range(n):  # tissue_integral is lower triangular in C: solve row by row
-        base = tissue_integral(np.concatenate([c[:i], [0.0], np.zeros(n - i - 1)]), frames)[i]
-        unit = tissue_integral(np.concatenate([np.zeros(i), [1.0], np.zeros(n - i - 1)]), frames)[i]
-        c[i] = (rhs[i] - base) / (unit - intercept)
-    return c
+        return (*_logan_xy(ct, icp, frames), {"input": inp.description, "vB": self.vB})

@@ -19,6 +19,33 @@ exact (:func:`invivo.kinetics.simulate.conv_exp`) and averaged over each frame. 
 ``R1 C_R`` term uses the measured frame averages.  The graphical models use the frame
 averages and :func:`invivo.kinetics.graphical.tissue_integral` for ``<int C>_i``, with the
 t* selection of :mod:`invivo.kinetics.graphical`.
+
+Examples
+--------
+A reference curve and a target exactly following each model:
+
+>>> import numpy as np
+>>> frames = Frames.from_durations([30] * 6 + [120] * 5 + [300] * 8)
+>>> tm = frames.mid_min
+>>> ref = 50 * tm * np.exp(-tm / 8) + 5
+>>> fit = SRTM().fit(SRTM.simulate(frames, ref, R1=1.2, k2=0.25, BPND=1.5), frames, ref)
+>>> [round(fit.params[p], 6) for p in ("R1", "k2", "BPND", "k2a")]
+[1.2, 0.25, 1.5, 0.1]
+>>> model = LoganRef(k2_ref=0.1)
+>>> fit = model.fit(model.simulate(frames, ref, DVR=2.5, intercept=-10.0), frames, ref)
+>>> round(fit.params["DVR"], 8), round(fit.params["BPND"], 8)
+(2.5, 1.5)
+>>> fit = PatlakRef().fit(PatlakRef.simulate(frames, ref, Ki_ref=0.01, intercept=0.8), frames, ref)
+>>> round(fit.params["Ki_ref"], 10), round(fit.params["intercept"], 10)
+(0.01, 0.8)
+
+Basis functions, for many curves at once (k2a on the grid: exact):
+
+>>> grid = np.geomspace(0.01, 1.0, 50)
+>>> tacs = np.stack([SRTM.simulate(frames, ref, R1=r, k2=grid[20] * 2.0, BPND=1.0) for r in (0.8, 1.2)])
+>>> out = srtm_bfm(tacs, frames, ref, k2a_grid=grid)
+>>> np.round(out["R1"], 8).tolist(), np.round(out["BPND"], 8).tolist(), out["status"].tolist()
+([0.8, 1.2], [1.0, 1.0], [0, 0])
 """
 
 from __future__ import annotations
@@ -29,9 +56,9 @@ import numpy as np
 
 from ..backend import float_dtype, get_array_module, to_device
 from ..errors import ParameterError
-from .base import (Frames, KineticFit, check_curve, delta_se, frame_weights, information_criteria,
-                   least_squares)
-from .graphical import _GraphicalModel, _ratio, _solve_logan, tissue_integral
+from .base import (Frames, KineticFit, check_curve, check_dt_min, check_frames, check_from_injection, delta_se,
+                   frame_weights, information_criteria, least_squares, weights_label)
+from .graphical import _GraphicalModel, _logan_xy, _patlak_xy, _solve_logan, tissue_integral
 from .simulate import conv_exp, fine_grid, frame_average
 
 __all__ = ["SRTM", "LoganRef", "PatlakRef", "srtm_bfm", "srtm_curve", "reference_on_grid", "DEFAULT_K2A_GRID",
@@ -57,9 +84,7 @@ def check_reference(reference, frames: Frames, what: str = "reference curve") ->
                              "non-negative (clip small negative noise to 0 or check the region)")
     if not np.any(cr > 0):
         raise ParameterError(f"{what}: every frame is 0; the reference region holds no activity (check the region)")
-    if frames.start_s[0] < 0:
-        raise ParameterError(f"frames: the first frame starts at {frames.start_s[0]:g} s, before the injection "
-                             "(t = 0); give times from the injection")
+    check_from_injection(frames)
     return cr
 
 
@@ -87,6 +112,13 @@ def _conv_basis(frames: Frames, reference, rates, dt_min: float):
     return frame_average(t, conv_exp(t, crt, np.asarray(rates, dtype=np.float64)), frames)
 
 
+def _srtm(frames: Frames, cr, on_grid, R1, k2, k2a):
+    """``R1 C_R + (k2 - R1 k2a) <C_R (x) e^(-k2a t)>`` per frame; ``on_grid`` is
+    :func:`reference_on_grid` of ``cr``."""
+    t, crt = on_grid
+    return R1 * cr + (k2 - R1 * k2a) * frame_average(t, conv_exp(t, crt, k2a), frames)
+
+
 def srtm_curve(frames: Frames, reference, *, R1: float, k2: float, BPND: float, dt_min: float = 0.05):
     """SRTM target curve (Bq/mL per frame) from the reference's frame averages.
 
@@ -106,9 +138,8 @@ def srtm_curve(frames: Frames, reference, *, R1: float, k2: float, BPND: float, 
     """
     if not BPND > -1:
         raise ParameterError(f"SRTM: BPND must be > -1, got {BPND!r}")
-    k2a = k2 / (1.0 + BPND)
     cr = np.asarray(reference, dtype=np.float64)
-    return R1 * cr + (k2 - R1 * k2a) * _conv_basis(frames, cr, k2a, dt_min)
+    return _srtm(frames, cr, reference_on_grid(frames, cr, dt_min=dt_min), R1, k2, k2 / (1.0 + BPND))
 
 
 # ---------------------------------------------------------------------------------------------- SRTM
@@ -117,18 +148,7 @@ class SRTM:
 
     Fitted with lmfit (bounds R1 in [0, 20], k2 in [1e-5, 20] /min, BPND in (-0.95, 100])
     from the basis-function estimate; standard errors from lmfit's covariance, k2a's by
-    the delta method.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> frames = Frames.from_durations([30] * 6 + [120] * 5 + [300] * 8)
-    >>> tm = frames.mid_min
-    >>> ref = 50 * tm * np.exp(-tm / 8) + 5
-    >>> tac = SRTM.simulate(frames, ref, R1=1.2, k2=0.25, BPND=1.5)
-    >>> fit = SRTM().fit(tac, frames, ref)
-    >>> [round(fit.params[p], 6) for p in ("R1", "k2", "BPND", "k2a")]
-    [1.2, 0.25, 1.5, 0.1]
+    the delta method.  Example: the module docstring.
     """
 
     name = "srtm"
@@ -148,15 +168,13 @@ class SRTM:
         k2a_grid : array, optional
             k2a values (1/min) of the basis-function start (default :data:`DEFAULT_K2A_GRID`).
         """
-        if not (0 < dt_min <= 0.1):
-            raise ParameterError(f"dt_min must be in (0, 0.1] min, got {dt_min!r}")
         self.weights = weights
         self.half_life_s = half_life_s
-        self.dt_min = float(dt_min)
+        self.dt_min = check_dt_min(dt_min)
         self.k2a_grid = _check_grid(k2a_grid)
 
     def __repr__(self) -> str:
-        return f"SRTM(weights={self.weights if isinstance(self.weights, str) else 'user'}, dt_min={self.dt_min:g})"
+        return f"SRTM(weights={weights_label(self.weights)}, dt_min={self.dt_min:g})"
 
     @staticmethod
     def simulate(frames: Frames, reference_values, *, R1: float, k2: float, BPND: float, dt_min: float = 0.05):
@@ -193,20 +211,18 @@ class SRTM:
         w = frame_weights(frames, self.weights, half_life_s=self.half_life_s)
         sw = np.sqrt(w)
         scale = float(np.max(np.abs(y))) or 1.0
-        t, crt = reference_on_grid(frames, cr, dt_min=self.dt_min)
+        on_grid = reference_on_grid(frames, cr, dt_min=self.dt_min)
 
         est = srtm_bfm(y, frames, cr, k2a_grid=self.k2a_grid, weights=w, dt_min=self.dt_min)
-        r1 = float(est["R1"]) if est["status"] != BFM_FAILED else 1.0
-        k2a0 = float(est["k2a"]) if est["status"] != BFM_FAILED else 0.1
-        bp0 = float(est["BPND"]) if est["status"] != BFM_FAILED else 0.5
+        r1, k2a0, bp0 = ((float(est["R1"]), float(est["k2a"]), float(est["BPND"])) if est["status"] != BFM_FAILED
+                         else (1.0, 0.1, 0.5))
         params = lmfit.Parameters()
         params.add("R1", value=float(np.clip(r1, 1e-3, 19.0)), min=0.0, max=20.0)
         params.add("BPND", value=float(np.clip(bp0, -0.9, 99.0)), min=-0.95, max=100.0)
         params.add("k2", value=float(np.clip(k2a0 * (1 + np.clip(bp0, -0.9, 99.0)), 1e-4, 19.0)), min=1e-5, max=20.0)
 
         def model(v):
-            k2a = v["k2"] / (1.0 + v["BPND"])
-            return v["R1"] * cr + (v["k2"] - v["R1"] * k2a) * frame_average(t, conv_exp(t, crt, k2a), frames)
+            return _srtm(frames, cr, on_grid, v["R1"], v["k2"], v["k2"] / (1.0 + v["BPND"]))
 
         def residual(p):
             return sw * (model(p.valuesdict()) - y) / scale
@@ -228,7 +244,7 @@ class SRTM:
         return KineticFit(model=self.name, params=params_out, se=se, aic=aic, aicc=aicc, bic=bic, wrss=wrss,
                           n_points=int(y.size), n_params=k, fitted=fitted, residuals=y - fitted,
                           units={p: UNITS[p] for p in params_out},
-                          info={"weights": self.weights if isinstance(self.weights, str) else "user",
+                          info={"weights": weights_label(self.weights),
                                 "converged": bool(res.success), "message": res.message, "nfev": int(res.nfev),
                                 "region": region, "dt_min": self.dt_min,
                                 "start": {"R1": r1, "k2a": k2a0, "BPND": bp0, "bfm_status": int(est["status"])},
@@ -279,30 +295,22 @@ def srtm_bfm(tac_array, frames: Frames, reference, *, k2a_grid=None, weights="du
         :data:`BFM_EDGE_HIGH` when the best k2a is the lowest / highest of the grid (the
         estimate is then bounded by the grid); :data:`BFM_FAILED` for a curve with a
         non-finite value, a zero curve or no solvable basis -- its values are 0, never NaN.
-        Float outputs are float32 for float32 input, float64 otherwise.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> frames = Frames.from_durations([30] * 6 + [120] * 5 + [300] * 8)
-    >>> tm = frames.mid_min
-    >>> ref = 50 * tm * np.exp(-tm / 8) + 5
-    >>> grid = np.geomspace(0.01, 1.0, 50)
-    >>> tacs = np.stack([SRTM.simulate(frames, ref, R1=r, k2=grid[20] * 2.0, BPND=1.0) for r in (0.8, 1.2)])
-    >>> out = srtm_bfm(tacs, frames, ref, k2a_grid=grid)
-    >>> np.round(out["R1"], 8).tolist(), np.round(out["BPND"], 8).tolist(), out["status"].tolist()
-    ([0.8, 1.2], [1.0, 1.0], [0, 0])
+        Float outputs are float32 for float32 input, float64 otherwise.  Example: the module
+        docstring.
     """
     xp = get_array_module(tac_array)
     if xp is np:
         tac_array = np.asarray(tac_array)
     what = "srtm_bfm"
+    if tac_array.dtype.kind not in "biuf":
+        raise ParameterError(f"{what}: tac_array must hold numbers (Bq/mL), not {tac_array.dtype}")
+    check_frames(frames, what)
     if tac_array.ndim < 1 or tac_array.shape[-1] != len(frames):
         raise ParameterError(f"{what}: tac_array has {tac_array.shape[-1] if tac_array.ndim else 0} frames on its "
                              f"last axis for {len(frames)} frames")
     if not (isinstance(chunk, (int, np.integer)) and chunk >= 1):
         raise ParameterError(f"{what}: chunk must be a positive integer, got {chunk!r}")
-    cr = check_reference(to_device(reference, "cpu") if not isinstance(reference, np.ndarray) else reference, frames)
+    cr = check_reference(to_device(reference, "cpu"), frames)
     grid = _check_grid(k2a_grid)
     w = frame_weights(frames, weights, half_life_s=half_life_s)
     sw = np.sqrt(w)
@@ -364,17 +372,7 @@ class LoganRef(_GraphicalModel):
     """Logan reference-region plot: DVR (slope), BPND = DVR - 1, intercept (min).
 
     ``x_i = (<int C_R>_i + C_R,i / k2') / C_T,i``, ``y_i = <int C_T>_i / C_T,i`` (min).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> frames = Frames.from_durations([30] * 6 + [120] * 5 + [300] * 8)
-    >>> tm = frames.mid_min
-    >>> ref = 50 * tm * np.exp(-tm / 8) + 5
-    >>> model = LoganRef(k2_ref=0.1)
-    >>> fit = model.fit(model.simulate(frames, ref, DVR=2.5, intercept=-10.0), frames, ref)
-    >>> round(fit.params["DVR"], 8), round(fit.params["BPND"], 8)
-    (2.5, 1.5)
+    Example: the module docstring.
     """
 
     name = "logan-ref"
@@ -392,7 +390,8 @@ class LoganRef(_GraphicalModel):
         **options
             t*, weights (see :class:`invivo.kinetics.graphical.Patlak`).
         """
-        if k2_ref is not None and not (isinstance(k2_ref, (int, float, np.floating)) and math.isfinite(k2_ref) and k2_ref > 0):
+        if k2_ref is not None and not (isinstance(k2_ref, (int, float, np.floating)) and math.isfinite(k2_ref)
+                                       and k2_ref > 0):
             raise ParameterError(f"k2_ref must be a positive rate (1/min) or None, got {k2_ref!r}")
         super().__init__(**options)
         self.k2_ref = None if k2_ref is None else float(k2_ref)
@@ -404,10 +403,8 @@ class LoganRef(_GraphicalModel):
     def simulate(self, frames: Frames, reference_values, *, DVR: float, intercept: float):
         """Target frame averages (Bq/mL) exactly linear in this plot from the first frame
         (``<int C_T>_i = DVR x_num,i + intercept C_T,i`` solved frame by frame; intercept < 0 min)."""
-        if not intercept < 0:
-            raise ParameterError(f"LoganRef.simulate: intercept must be negative (min), got {intercept!r}")
         cr = check_reference(reference_values, frames)
-        return _solve_logan(frames, DVR * self._x_numerator(cr, frames), intercept)
+        return _solve_logan(frames, DVR * self._x_numerator(cr, frames), intercept, "LoganRef.simulate")
 
     def fit(self, tac, frames: Frames, reference, *, region: str = "") -> KineticFit:
         """Fit one target curve against the reference's frame averages (Bq/mL).
@@ -417,12 +414,11 @@ class LoganRef(_GraphicalModel):
         KineticFit
             DVR, intercept (min) and BPND = DVR - 1 with standard errors.
         """
-        what = f"logan-ref fit of {region or 'the curve'}"
-        y = check_curve(tac, frames, what)
+        return self._fit(tac, frames, reference, region)
+
+    def _plot(self, y, frames, reference):
         cr = check_reference(reference, frames)
-        x = _ratio(self._x_numerator(cr, frames), y)
-        yy = _ratio(tissue_integral(y, frames), y)
-        return self._line_fit(x, yy, frames, what, {"region": region, "k2_ref": self.k2_ref})
+        return (*_logan_xy(y, self._x_numerator(cr, frames), frames), {"k2_ref": self.k2_ref})
 
     def _derived(self, slope, intercept):
         return [("BPND", slope - 1.0, {"DVR": 1.0})]
@@ -431,17 +427,8 @@ class LoganRef(_GraphicalModel):
 class PatlakRef(_GraphicalModel):
     """Patlak reference-region plot: Ki_ref (slope, 1/min) and intercept (1).
 
-    ``x_i = <int C_R>_i / C_R,i`` (min), ``y_i = C_T,i / C_R,i``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> frames = Frames.from_durations([30] * 6 + [120] * 5 + [300] * 8)
-    >>> tm = frames.mid_min
-    >>> ref = 50 * tm * np.exp(-tm / 8) + 5
-    >>> fit = PatlakRef().fit(PatlakRef.simulate(frames, ref, Ki_ref=0.01, intercept=0.8), frames, ref)
-    >>> round(fit.params["Ki_ref"], 10), round(fit.params["intercept"], 10)
-    (0.01, 0.8)
+    ``x_i = <int C_R>_i / C_R,i`` (min), ``y_i = C_T,i / C_R,i``.  Example: the module
+    docstring.
     """
 
     name = "patlak-ref"
@@ -463,9 +450,8 @@ class PatlakRef(_GraphicalModel):
         KineticFit
             Ki_ref (1/min) and intercept with standard errors.
         """
-        what = f"patlak-ref fit of {region or 'the curve'}"
-        y = check_curve(tac, frames, what)
+        return self._fit(tac, frames, reference, region)
+
+    def _plot(self, y, frames, reference):
         cr = check_reference(reference, frames)
-        x = _ratio(tissue_integral(cr, frames), cr)
-        yy = _ratio(y, cr)
-        return self._line_fit(x, yy, frames, what, {"region": region})
+        return (*_patlak_xy(y, cr, tissue_integral(cr, frames)), {})
