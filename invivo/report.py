@@ -87,6 +87,10 @@ def _colors(n: int) -> list:
     return [cmap(i % 10) for i in range(n)]
 
 
+#: Columns that must hold numbers (or be empty) wherever a figure reads them.
+_NUMERIC_COLUMNS = ("value", "time_h", "truth")
+
+
 def _check_table(table, required: tuple[str, ...], name: str = "table"):
     import pandas as pd
 
@@ -95,6 +99,13 @@ def _check_table(table, required: tuple[str, ...], name: str = "table"):
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise ParameterError(f"{name} lacks column(s) {missing}; it has {list(table.columns)}")
+    for c in required:
+        if c in _NUMERIC_COLUMNS:
+            try:
+                table[c].to_numpy(float)
+            except (TypeError, ValueError):
+                raise ParameterError(f"{name} column {c!r} cannot be read as floats (text or pandas NA in it); "
+                                     "make it numeric with NaN for missing values") from None
 
 
 def _select_measure(table, measure: str):
@@ -113,15 +124,23 @@ def _unit_of(df, measure: str) -> str:
     return units[0] if units else "unitless"
 
 
+def _choose(present: list, wanted, absent_msg: str) -> list:
+    """``wanted`` (one name or a sequence; None: all of ``present``), each of which must be in ``present``.
+
+    ``absent_msg`` is formatted with ``absent`` (the missing names) and ``present``.
+    """
+    if wanted is None:
+        return present
+    chosen = [wanted] if isinstance(wanted, str) else list(wanted)
+    absent = [w for w in chosen if w not in present]
+    if absent:
+        raise ParameterError(absent_msg.format(absent=absent, present=present))
+    return chosen
+
+
 def _select_rois(df, rois) -> list:
     present = list(dict.fromkeys(df["roi"].tolist()))
-    if rois is None:
-        chosen = present
-    else:
-        chosen = [rois] if isinstance(rois, str) else list(rois)
-        absent = [r for r in chosen if r not in present]
-        if absent:
-            raise ParameterError(f"rois {absent} are not in the table for this measure; it has {present}")
+    chosen = _choose(present, rois, "rois {absent} are not in the table for this measure; it has {present}")
     if not chosen:
         raise ParameterError("rois is empty; name at least one ROI")
     return chosen
@@ -133,13 +152,13 @@ def _group_labels(df, by: str):
     return df[by].astype(object).where(df[by].notna(), "all").astype(str)
 
 
-def _mean_sd(v: np.ndarray) -> tuple[float, float, int]:
+def _mean_sd(v: np.ndarray) -> tuple[float, float]:
+    """Mean and sample SD (ddof=1; 0 for one value) of the finite values; NaN, NaN for none."""
     v = np.asarray(v, dtype=np.float64)
     v = v[np.isfinite(v)]
-    n = int(v.size)
-    if n == 0:
-        return math.nan, math.nan, 0
-    return float(v.mean()), float(v.std(ddof=1)) if n > 1 else 0.0, n
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -163,16 +182,14 @@ def _as_3d(volume: Volume, frame: int | None, name: str) -> np.ndarray:
 class _View:
     """A volume turned to the closest RAS axis order, with world coordinates of voxel centres."""
 
-    def __init__(self, shape: tuple[int, int, int], affine: np.ndarray):
+    def __init__(self, volume: Volume):
         import nibabel as nib
 
-        self.ornt = nib.orientations.io_orientation(affine)
-        self.affine = affine @ nib.orientations.inv_ornt_aff(self.ornt, shape)
-        out = [0, 0, 0]
-        for i, (a, _) in enumerate(self.ornt):  # input axis i becomes output axis a
-            out[int(a)] = int(shape[i])
-        self.shape = tuple(out)
-        self.spacing = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        self.ornt = nib.orientations.io_orientation(volume.affine)
+        self.affine = volume.affine @ nib.orientations.inv_ornt_aff(self.ornt, volume.spatial_shape)
+        source = np.argsort(self.ornt[:, 0])  # output axis a is input axis source[a]
+        self.shape = tuple(int(volume.spatial_shape[i]) for i in source)
+        self.spacing = np.array(volume.voxel_size_mm)[source]
         mid = (np.array(self.shape) - 1) / 2.0
         wmid = self.affine[:3, :3] @ mid + self.affine[:3, 3]
         # exact for non-oblique grids; for oblique ones, exact at the grid centre
@@ -212,20 +229,17 @@ _AXIS_ENDS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 def _plane(data: np.ndarray, panel: str, index: int) -> np.ndarray:
     """(vertical, horizontal) image of one orthogonal slice, for ``imshow(origin='lower')``."""
-    h, v, s = _PANELS[panel]
-    sl = np.take(data, index, axis=s)  # remaining axes in increasing order
-    return sl.T if h < v else sl
+    # the remaining axes keep their order and every panel has h < v: (h, v) -> transpose
+    return np.take(data, index, axis=_PANELS[panel][2]).T
 
 
 def _mip(data: np.ndarray, panel: str) -> np.ndarray:
-    h, v, s = _PANELS[panel]
-    with np.errstate(invalid="ignore"):
-        m = np.nanmax(np.where(np.isfinite(data), data, -np.inf), axis=s)
-    m = np.where(np.isfinite(m), m, np.nan)
-    return m.T if h < v else m
+    """(vertical, horizontal) maximum-intensity projection along the panel's sliced axis (NaN where none finite)."""
+    m = np.max(np.where(np.isfinite(data), data, -np.inf), axis=_PANELS[panel][2])
+    return np.where(np.isfinite(m), m, np.nan).T
 
 
-def _decorate(ax, view: _View, panel: str, title: str):
+def _decorate(ax, panel: str, title: str):
     h, v, _ = _PANELS[panel]
     ax.set_xlabel(f"{_AXIS_NAMES[h]} (mm, {_AXIS_ENDS[h][0]} \u2192 {_AXIS_ENDS[h][1]})", fontsize=8)
     ax.set_ylabel(f"{_AXIS_NAMES[v]} (mm, {_AXIS_ENDS[v][0]} \u2192 {_AXIS_ENDS[v][1]})", fontsize=8)
@@ -261,6 +275,52 @@ def _check_range(r, name: str) -> tuple[float, float] | None:
     if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
         raise ParameterError(f"{name} must be finite with high > low, got {r!r}")
     return lo, hi
+
+
+def _fraction(value, name: str, *, one_ok: bool = True) -> float:
+    """A number in [0, 1] ([0, 1) without ``one_ok``)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        f = math.nan
+    if not (0.0 <= f <= 1.0 if one_ok else 0.0 <= f < 1.0):
+        raise ParameterError(f"{name} must be a fraction in [0, 1{']' if one_ok else ')'}, got {value!r}")
+    return f
+
+
+def _check_companion(other, volume: Volume, name: str, volume_name: str) -> None:
+    """``other`` (underlay, overlay) is a Volume on ``volume``'s grid."""
+    if not isinstance(other, Volume):
+        raise ParameterError(f"{name} must be an invivo.Volume or None, got {type(other).__name__}")
+    if not other.same_grid(volume):
+        raise GeometryError(
+            f"{name} (shape {other.spatial_shape}, voxel {other.voxel_size_mm} mm) and {volume_name} "
+            f"(shape {volume.spatial_shape}, voxel {volume.voxel_size_mm} mm) are not on the same grid; "
+            f"resample the {name} onto the {volume_name} with invivo.align.resample(moving, reference, transform)")
+
+
+def _underlay_frame(underlay: Volume) -> int | None:
+    """Default frame of an anatomical underlay: the first echo of a multi-echo MR (most signal), else the last."""
+    if underlay.data.ndim == 4:
+        return 0 if underlay.meta.echo_times_s else underlay.n_volumes - 1
+    return None
+
+
+def _show(ax, image: np.ndarray, view: _View, panel: str, gid: str, **kwargs):
+    """``imshow`` of a (vertical, horizontal) panel image in world mm, physical aspect."""
+    h, v, _ = _PANELS[panel]
+    im = ax.imshow(image, origin="lower", extent=view.extent(h, v), interpolation="nearest", aspect="equal",
+                   **kwargs)
+    im.set_gid(gid)
+    return im
+
+
+def _colorbar(fig, mappable, cax, label: str, *, opaque: bool = True) -> None:
+    cb = fig.colorbar(mappable, cax=cax)
+    if opaque:
+        cb.solids.set_alpha(1.0)  # the colours of the scale, not of the semi-transparent overlay
+    cb.set_label(label)
+    cax.tick_params(labelsize=7)
 
 
 def _slice_title(view: _View, panel: str, centre) -> str:
@@ -345,24 +405,16 @@ def fused_png(underlay: Volume, overlay: Volume | None, path, *, slice_mm=None, 
     if not isinstance(underlay, Volume):
         raise ParameterError(f"underlay must be an invivo.Volume, got {type(underlay).__name__}")
     if overlay is not None:
-        if not isinstance(overlay, Volume):
-            raise ParameterError(f"overlay must be an invivo.Volume or None, got {type(overlay).__name__}")
-        if not underlay.same_grid(overlay):
-            raise GeometryError(
-                f"overlay (shape {overlay.spatial_shape}, voxel {overlay.voxel_size_mm} mm) and underlay "
-                f"(shape {underlay.spatial_shape}, voxel {underlay.voxel_size_mm} mm) are not on the same grid; "
-                "resample the overlay onto the underlay with invivo.align.resample(overlay, underlay, transform)")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ParameterError(f"alpha must be between 0 and 1, got {alpha!r}")
-    if not 0.0 <= float(threshold) < 1.0:
-        raise ParameterError(f"threshold must be a fraction in [0, 1), got {threshold!r}")
+        _check_companion(overlay, underlay, "overlay", "underlay")
+    alpha = _fraction(alpha, "alpha")
+    threshold = _fraction(threshold, "threshold", one_ok=False)
     orange = _check_range(overlay_range, "overlay_range")
 
     if underlay_frame is None and overlay is None:
         underlay_frame = frame
-    if underlay_frame is None and underlay.data.ndim == 4:
-        underlay_frame = 0 if underlay.meta.echo_times_s else underlay.n_volumes - 1
-    view = _View(underlay.spatial_shape, underlay.affine)
+    if underlay_frame is None:
+        underlay_frame = _underlay_frame(underlay)
+    view = _View(underlay)
     mr = view.reorient(_as_3d(underlay, underlay_frame, "underlay"))
     pet = view.reorient(_as_3d(overlay, frame, "overlay")) if overlay is not None else None
 
@@ -381,7 +433,7 @@ def fused_png(underlay: Volume, overlay: Volume | None, path, *, slice_mm=None, 
             hi = float(finite.max()) if finite.size else 1.0
             lo = min(0.0, float(finite.min())) if finite.size else 0.0
             orange = (lo, hi if hi > lo else lo + 1.0)
-        cut = orange[0] + float(threshold) * (orange[1] - orange[0])
+        cut = orange[0] + threshold * (orange[1] - orange[0])
 
     show_mip = bool(mip) and pet is not None
     slices = ["axial", "coronal", "sagittal"]
@@ -402,44 +454,36 @@ def fused_png(underlay: Volume, overlay: Volume | None, path, *, slice_mm=None, 
     for r, row in enumerate(rows):
         for col, name in enumerate(row):
             panel = name.removeprefix("mip_")
-            h, v, s = _PANELS[panel]
+            s = _PANELS[panel][2]
             ax = fig.add_subplot(gs[r, col])
             ax.set_gid(name)
-            ext = view.extent(h, v)
             if name.startswith("mip_"):
-                im = ax.imshow(_mip(pet, panel), cmap=colormaps["hot"], vmin=orange[0], vmax=orange[1],
-                               origin="lower", extent=ext, interpolation="nearest", aspect="equal")
-                im.set_gid("overlay")
-                _decorate(ax, view, panel, f"{panel} MIP")
+                _show(ax, _mip(pet, panel), view, panel, "overlay", cmap=colormaps["hot"], vmin=orange[0],
+                      vmax=orange[1])
+                _decorate(ax, panel, f"{panel} MIP")
                 continue
-            im = ax.imshow(_plane(mr, panel, centre[s]), cmap="gray", vmin=u_lo, vmax=u_hi,
-                           origin="lower", extent=ext, interpolation="nearest", aspect="equal")
-            im.set_gid("underlay")
+            _show(ax, _plane(mr, panel, centre[s]), view, panel, "underlay", cmap="gray", vmin=u_lo, vmax=u_hi)
             if pet is not None:
                 sl = _plane(pet, panel, centre[s])
                 shown = np.ma.masked_where(~np.isfinite(sl) | (np.nan_to_num(sl, nan=-np.inf) < cut), sl)
-                overlay_im = ax.imshow(shown, cmap=hot, vmin=orange[0], vmax=orange[1], alpha=float(alpha),
-                                       origin="lower", extent=ext, interpolation="nearest", aspect="equal")
-                overlay_im.set_gid("overlay")
-            _decorate(ax, view, panel, _slice_title(view, panel, centre))
+                overlay_im = _show(ax, shown, view, panel, "overlay", cmap=hot, vmin=orange[0], vmax=orange[1],
+                                   alpha=alpha)
+            _decorate(ax, panel, _slice_title(view, panel, centre))
     world = [float(view.coords[a][centre[a]]) for a in range(3)]
     info = [f"slices through RAS ({world[0]:.1f}, {world[1]:.1f}, {world[2]:.1f}) mm",
             f"voxel {' x '.join(f'{x:.3g}' for x in view.spacing)} mm"]
     if pet is not None:
-        info.insert(1, f"overlay transparent below {cut:.3g} {overlay_label} ({100 * float(threshold):.0f} % of range)")
+        info.insert(1, f"overlay transparent below {cut:.3g} {overlay_label} ({100 * threshold:.0f} % of range)")
     fig.supxlabel("; ".join(info), fontsize=8)
     cax = fig.add_subplot(gs[:, len(ratios) - 1])
     if overlay_im is not None:
-        cb = fig.colorbar(overlay_im, cax=cax)
-        cb.solids.set_alpha(1.0)
-        cb.set_label(overlay_label)
+        _colorbar(fig, overlay_im, cax, overlay_label)
     else:
         from matplotlib import cm
         from matplotlib.colors import Normalize
 
-        cb = fig.colorbar(cm.ScalarMappable(norm=Normalize(u_lo, u_hi), cmap="gray"), cax=cax)
-        cb.set_label(underlay.meta.units or "intensity (a.u.)")
-    cax.tick_params(labelsize=7)
+        _colorbar(fig, cm.ScalarMappable(norm=Normalize(u_lo, u_hi), cmap="gray"), cax,
+                  underlay.meta.units or "intensity (a.u.)", opaque=False)
     if title is None:
         u = f"{underlay.meta.modality}"
         if underlay.data.ndim == 4:
@@ -515,17 +559,12 @@ def map_png(volume: Volume, path, *, underlay: Volume | None = None, label: str,
     if cmap not in colormaps:
         raise ParameterError(f"cmap={cmap!r} is not a matplotlib colormap (e.g. 'viridis', 'magma', 'hot')")
     rng = _check_range(vrange, "vrange")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ParameterError(f"alpha must be between 0 and 1, got {alpha!r}")
+    alpha = _fraction(alpha, "alpha")
     data = _as_3d(volume, frame, "volume")
     if underlay is not None:
-        if not isinstance(underlay, Volume):
-            raise ParameterError(f"underlay must be an invivo.Volume or None, got {type(underlay).__name__}")
-        if not underlay.same_grid(volume):
-            raise GeometryError("underlay and map are not on the same grid; resample one onto the other with "
-                                "invivo.align.resample(moving, reference, transform)")
+        _check_companion(underlay, volume, "underlay", "map")
     m = _mask_array(mask, volume) if mask is not None else np.ones(volume.spatial_shape, bool)
-    view = _View(volume.spatial_shape, volume.affine)
+    view = _View(volume)
     data = view.reorient(data)
     m = view.reorient(m)
     if mask is not None:
@@ -537,34 +576,23 @@ def map_png(volume: Volume, path, *, underlay: Volume | None = None, label: str,
     shown = np.where(m & np.isfinite(data), data, np.nan)
     mr = None
     if underlay is not None:
-        uf = 0 if (underlay.data.ndim == 4 and underlay.meta.echo_times_s) else None
-        mr = view.reorient(_as_3d(underlay, uf, "underlay"))
+        mr = view.reorient(_as_3d(underlay, _underlay_frame(underlay), "underlay"))
         u_lo, u_hi = _window(mr)
 
     ratios, height = _panel_layout(view, [["axial", "coronal", "sagittal"]])
     fig = _new_figure(height)
     gs = fig.add_gridspec(1, 4, width_ratios=ratios)
     cm = colormaps[cmap].with_extremes(bad=(0, 0, 0, 0))
-    im = None
     for col, panel in enumerate(("axial", "coronal", "sagittal")):
-        h, v, s = _PANELS[panel]
+        s = _PANELS[panel][2]
         ax = fig.add_subplot(gs[0, col])
         ax.set_gid(panel)
-        ext = view.extent(h, v)
         if mr is not None:
-            ax.imshow(_plane(mr, panel, centre[s]), cmap="gray", vmin=u_lo, vmax=u_hi, origin="lower",
-                      extent=ext, interpolation="nearest", aspect="equal").set_gid("underlay")
-        sl = _plane(shown, panel, centre[s])
-        im = ax.imshow(np.ma.masked_invalid(sl), cmap=cm, vmin=rng[0], vmax=rng[1],
-                       alpha=float(alpha) if mr is not None else None, origin="lower", extent=ext,
-                       interpolation="nearest", aspect="equal")
-        im.set_gid("map")
-        _decorate(ax, view, panel, _slice_title(view, panel, centre))
-    cax = fig.add_subplot(gs[0, 3])
-    cb = fig.colorbar(im, cax=cax)
-    cb.solids.set_alpha(1.0)
-    cb.set_label(label)
-    cax.tick_params(labelsize=7)
+            _show(ax, _plane(mr, panel, centre[s]), view, panel, "underlay", cmap="gray", vmin=u_lo, vmax=u_hi)
+        im = _show(ax, np.ma.masked_invalid(_plane(shown, panel, centre[s])), view, panel, "map", cmap=cm,
+                   vmin=rng[0], vmax=rng[1], alpha=alpha if mr is not None else None)
+        _decorate(ax, panel, _slice_title(view, panel, centre))
+    _colorbar(fig, im, fig.add_subplot(gs[0, 3]), label)
     if title is None:
         title = f"{label} map" + (" (inside mask)" if mask is not None else "")
     fig.suptitle(title, fontsize=11)
@@ -643,10 +671,10 @@ def tac_png(table, path, *, measure: str, rois=None, by: str = "group", title: s
                         alpha=0.45, marker=".", ms=3, gid=f"subject:{subj}")
             rows = []
             for _, dk in dg.groupby(key, sort=False):
-                mean, sd, n = _mean_sd(dk["value"].to_numpy(float))
-                rows.append((float(np.nanmean(dk["time_h"].to_numpy(float))), mean, sd, n))
+                mean, sd = _mean_sd(dk["value"].to_numpy(float))
+                rows.append((float(np.nanmean(dk["time_h"].to_numpy(float))), mean, sd))
             rows.sort()
-            x, y, e, _n = (np.array(c, float) for c in zip(*rows))
+            x, y, e = (np.array(c, float) for c in zip(*rows))
             n_subj = dg.loc[np.isfinite(dg["value"].to_numpy(float)), "subject"].nunique()
             cont = ax.errorbar(x, y, yerr=np.nan_to_num(e), color=colors[g], lw=1.8, marker="o", ms=4, capsize=3,
                                label=f"{g} (n={n_subj})")
@@ -727,7 +755,7 @@ def group_bars_png(table, path, *, measure: str, rois=None, session=None, by: st
         means, sds, px, py = [], [], [], []
         for r, x in zip(chosen, xs):
             v = df[(df["_group"] == g) & (df["roi"] == r)]["value"].to_numpy(float)
-            mean, sd, n = _mean_sd(v)
+            mean, sd = _mean_sd(v)
             means.append(mean)
             sds.append(sd)
             v = v[np.isfinite(v)]
@@ -847,13 +875,9 @@ def recovered_vs_truth_png(table, path, *, measures=None, title: str | None = No
     if df.empty:
         raise ParameterError("no rows with both a value and a truth; recovered_vs_truth_png needs a table with truth (the demo)")
     present = list(dict.fromkeys(df["measure"].tolist()))
-    if measures is None:
-        chosen = present
-    else:
-        chosen = [measures] if isinstance(measures, str) else list(measures)
-        absent = [m for m in chosen if m not in present]
-        if absent:
-            raise ParameterError(f"measures {absent} have no rows with truth; measures with truth are {present}")
+    chosen = _choose(present, measures, "measures {absent} have no rows with truth; measures with truth are {present}")
+    if not chosen:
+        raise ParameterError("measures is empty; name at least one measure or pass None for all")
     df = df[df["measure"].isin(chosen)]
     t_all = df["truth"].to_numpy(float)
     v_all = df["value"].to_numpy(float)

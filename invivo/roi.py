@@ -462,6 +462,17 @@ def tac(volume: Volume, masks, **kwargs):
 
 # -- thresholded ROIs -----------------------------------------------------------------
 
+def _number(value, what: str, must: str, *, zero_ok: bool = False) -> float:
+    """``float(value)`` when finite and > 0 (>= 0 with ``zero_ok``), else ParameterError "<what> must be <must>"."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and (v >= 0 if zero_ok else v > 0)):
+        raise ParameterError(f"{what} must be {must}, got {value!r}")
+    return v
+
+
 def _frame_data(volume: Volume, frame, what: str):
     """The 3D data of ``volume`` (one frame of a 4D image)."""
     if not isinstance(volume, Volume):
@@ -532,12 +543,9 @@ def threshold_mask(volume: Volume, within, *, percent_of_max: float = 50.0, fram
     """
     what = "threshold_mask"
     data = _frame_data(volume, frame, what)
-    try:
-        p = float(percent_of_max)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{what}: percent_of_max must be a number in (0, 100], got {percent_of_max!r}") from None
-    if not 0.0 < p <= 100.0:
-        raise ParameterError(f"{what}: percent_of_max must be in (0, 100] percent, got {percent_of_max!r}")
+    p = _number(percent_of_max, f"{what}: percent_of_max", "a number in (0, 100] percent")
+    if p > 100.0:
+        raise ParameterError(f"{what}: percent_of_max must be a number in (0, 100] percent, got {percent_of_max!r}")
     xp = get_array_module(data)
     m = _mask_array(volume, within)
     n = int(m.sum())  # host: scalar count
@@ -561,8 +569,7 @@ def threshold_mask(volume: Volume, within, *, percent_of_max: float = 50.0, fram
 
         host = to_device(out, "cpu")  # host: scipy.ndimage.label
         lab, _ = ndimage.label(host, structure=np.ones((3, 3, 3), dtype=bool))
-        keep = lab == lab[idx]
-        out = xp.asarray(keep) if xp is not np else keep
+        out = to_device(lab == lab[idx], volume.device)
     meta = Meta(modality="SEG", series_description=f"{p:g} % of max")
     meta.extra["threshold"] = {"percent_of_max": p, "max": vmax, "threshold": thr, "max_voxel": idx,
                                "frame": None if frame is None else int(frame), "connected": bool(connected),
@@ -572,25 +579,39 @@ def threshold_mask(volume: Volume, within, *, percent_of_max: float = 50.0, fram
 
 # -- partial-volume recovery ----------------------------------------------------------
 
-def _sigma_and_radius(fwhm_mm, diameter_mm, what: str):
-    from .synth.nema import FWHM_PER_SIGMA
+def _check_choice(value, choices: tuple[str, ...], name: str, what: str) -> None:
+    if not isinstance(value, str) or value not in choices:
+        raise ParameterError(f"{what}: {name} must be one of {list(choices)}, got {value!r}")
 
-    f = float(fwhm_mm)
-    if not (f > 0 and math.isfinite(f)):
-        raise ParameterError(f"{what}: fwhm_mm must be a positive finite FWHM in mm, got {fwhm_mm!r}")
-    d = np.asarray(diameter_mm, dtype=np.float64)
+
+def _fwhm_positive(fwhm_mm, what: str) -> float:
+    return _number(fwhm_mm, f"{what}: fwhm_mm", "a positive finite FWHM in mm")
+
+
+def _diameters(diameter_mm, what: str) -> np.ndarray:
+    """``diameter_mm`` as a float64 array, every value positive and finite."""
+    try:
+        d = np.asarray(diameter_mm, dtype=np.float64)
+    except (TypeError, ValueError):
+        d = np.array(math.nan)
     if not np.all((d > 0) & np.isfinite(d)):
         raise ParameterError(f"{what}: diameter_mm must be positive finite mm, got {diameter_mm!r}")
-    return f / FWHM_PER_SIGMA, d / 2.0
+    return d
 
 
-def _check_kind(kind: str, what: str) -> None:
-    if kind not in ("mean", "max"):
-        raise ValueError(f"{what}: kind must be 'mean' or 'max', got {kind!r}")
+def _radius_over_sigma(fwhm_mm, diameter_mm, kind: str, what: str) -> np.ndarray:
+    """x = R / sigma (1D float64) of a recovery function's checked arguments."""
+    from .synth.nema import FWHM_PER_SIGMA
+
+    _check_choice(kind, ("mean", "max"), "kind", what)
+    sigma = _fwhm_positive(fwhm_mm, what) / FWHM_PER_SIGMA
+    return np.atleast_1d(_diameters(diameter_mm, what) / 2.0 / sigma).astype(np.float64)
 
 
-def _scalar_or_array(x: np.ndarray, like):
-    return float(x) if np.ndim(like) == 0 else x
+def _shaped_like(x: np.ndarray, like):
+    """``x`` in the shape of the argument ``like``: a float for a scalar."""
+    x = x.reshape(np.shape(like))
+    return float(x) if x.ndim == 0 else x
 
 
 #: Below this R/sigma the closed form of the sphere's mean recovery loses digits to
@@ -645,15 +666,12 @@ def sphere_recovery(fwhm_mm: float, diameter_mm, *, kind: str = "mean"):
     >>> round(sphere_recovery(1.5, 3.0), 4), round(rod_recovery(1.5, 3.0), 4)
     (0.5223, 0.6691)
     """
-    what = "sphere_recovery"
-    _check_kind(kind, what)
-    sigma, radius = _sigma_and_radius(fwhm_mm, diameter_mm, what)
-    x = np.atleast_1d(radius / sigma).astype(np.float64)
+    x = _radius_over_sigma(fwhm_mm, diameter_mm, kind, "sphere_recovery")
     from scipy.special import erf
 
     if kind == "max":
         out = erf(x / math.sqrt(2.0)) - math.sqrt(2.0 / math.pi) * x * np.exp(-x * x / 2.0)
-        return _scalar_or_array(out.reshape(np.shape(diameter_mm)), diameter_mm)
+        return _shaped_like(out, diameter_mm)
     out = np.empty_like(x)
     big = x >= _SPHERE_SERIES_BELOW
     xb = x[big]
@@ -667,7 +685,7 @@ def sphere_recovery(fwhm_mm: float, diameter_mm, *, kind: str = "mean"):
                                                                                       * math.factorial(k + 1)))
         acc += ck * xs ** (2 * k + 1)
     out[~big] = acc / math.sqrt(2.0 * math.pi)
-    return _scalar_or_array(out.reshape(np.shape(diameter_mm)), diameter_mm)
+    return _shaped_like(out, diameter_mm)
 
 
 def rod_recovery(fwhm_mm: float, diameter_mm, *, kind: str = "mean"):
@@ -708,13 +726,10 @@ def rod_recovery(fwhm_mm: float, diameter_mm, *, kind: str = "mean"):
     >>> round(rod_recovery(1.5, 1.0, kind="max"), 4)
     0.2651
     """
-    what = "rod_recovery"
-    _check_kind(kind, what)
-    sigma, radius = _sigma_and_radius(fwhm_mm, diameter_mm, what)
-    x = np.atleast_1d(radius / sigma).astype(np.float64)
+    x = _radius_over_sigma(fwhm_mm, diameter_mm, kind, "rod_recovery")
     if kind == "max":
         out = -np.expm1(-x * x / 2.0)
-        return _scalar_or_array(out.reshape(np.shape(diameter_mm)), diameter_mm)
+        return _shaped_like(out, diameter_mm)
     from scipy.integrate import quad
 
     out = np.empty_like(x)
@@ -730,7 +745,7 @@ def rod_recovery(fwhm_mm: float, diameter_mm, *, kind: str = "mean"):
         if brk < 1.0:
             val += quad(f, brk, 1.0, epsabs=1e-14, epsrel=1e-12, limit=200)[0]
         out.flat[n] = 4.0 * a / math.pi * val
-    return _scalar_or_array(out.reshape(np.shape(diameter_mm)), diameter_mm)
+    return _shaped_like(out, diameter_mm)
 
 
 def _axis_aligned_axes(image: Volume, what: str):
@@ -745,10 +760,6 @@ def _axis_aligned_axes(image: Volume, what: str):
     return [image.affine[a, a] * np.arange(image.spatial_shape[a]) + image.affine[a, 3] for a in range(3)]
 
 
-def _in_range(z: np.ndarray, z_range) -> np.ndarray:
-    return (z >= z_range[0] - 1e-9) & (z <= z_range[1] + 1e-9)
-
-
 def _default_nema_geometry() -> dict:
     from .synth.nema import NEMA_NU4_GEOMETRY
 
@@ -757,6 +768,11 @@ def _default_nema_geometry() -> dict:
                                                   g["rod_ring_radius_mm"] * math.sin(math.radians(90 + 72 * n)))}
                  for n, d in enumerate((1.0, 2.0, 3.0, 4.0, 5.0))]
     return g
+
+
+#: What :func:`nema_recovery` reads from its ``geometry``.
+_NEMA_GEOMETRY_KEYS = ("uniform_voi_diameter_mm", "uniform_voi_z_mm", "cold_centres_mm", "cold_voi_diameter_mm",
+                       "cold_voi_z_mm", "rod_voi_z_mm", "rods")
 
 
 def nema_recovery(image: Volume, *, activity_bq_ml: float, geometry: dict | None = None,
@@ -819,19 +835,20 @@ def nema_recovery(image: Volume, *, activity_bq_ml: float, geometry: dict | None
     """
     import pandas as pd
 
-    from .synth.nema import _disk_fraction, _supersample
+    from .synth.nema import _disk_fraction, _in_disk, _in_range, _supersample
 
     what = "nema_recovery"
     if not isinstance(image, Volume):
         raise ParameterError(f"{what}: image must be an invivo.Volume, got {type(image).__name__}")
     if image.data.ndim != 3:
         raise ParameterError(f"{what}: image must be 3D, got shape {image.shape}; pass one frame (volume.frame(i))")
-    a_true = float(activity_bq_ml)
-    if not (a_true > 0 and math.isfinite(a_true)):
-        raise ParameterError(f"{what}: activity_bq_ml must be the positive filled concentration (Bq/mL), "
-                             f"got {activity_bq_ml!r}")
+    a_true = _number(activity_bq_ml, f"{what}: activity_bq_ml", "the positive filled concentration (Bq/mL)")
     s = _supersample(supersample, what)
     g = _default_nema_geometry() if geometry is None else geometry
+    missing = [k for k in _NEMA_GEOMETRY_KEYS if k not in g] if isinstance(g, dict) else list(_NEMA_GEOMETRY_KEYS)
+    if missing:
+        raise ParameterError(f"{what}: geometry lacks {missing}; pass truth['geometry'] of "
+                             "invivo.synth.nema_nu4_phantom (or None for the standard layout)")
     x, y, z = _axis_aligned_axes(image, what)
     data = to_device(image.data, "cpu").astype(np.float64)  # host: small ROI arithmetic on a phantom image
     if not np.all(np.isfinite(data)):
@@ -839,7 +856,7 @@ def nema_recovery(image: Volume, *, activity_bq_ml: float, geometry: dict | None
     step = (abs(image.affine[0, 0]), abs(image.affine[1, 1]))
 
     def voi(centre, diameter, z_range, name):
-        sel = (((x[:, None] - centre[0]) ** 2 + (y[None, :] - centre[1]) ** 2) <= (diameter / 2.0) ** 2)
+        sel = _in_disk(x[:, None], y[None, :], centre, diameter / 2.0)
         ks = _in_range(z, z_range)
         vals = data[sel][:, ks].ravel()
         if vals.size < 2:
@@ -868,7 +885,7 @@ def nema_recovery(image: Volume, *, activity_bq_ml: float, geometry: dict | None
     for rod in g["rods"]:
         d = float(rod["diameter_mm"])
         c = rod["centre_mm"]
-        search = ((x[:, None] - c[0]) ** 2 + (y[None, :] - c[1]) ** 2) <= d * d  # diameter 2d
+        search = _in_disk(x[:, None], y[None, :], c, d)  # diameter 2d
         if not search.any():
             raise ParameterError(f"{what}: the {d:g} mm rod's search circle holds no voxel")
         i, j = np.unravel_index(int(np.argmax(np.where(search, avg, -np.inf))), avg.shape)
@@ -935,9 +952,7 @@ def recovery_coefficients(fwhm_mm: float, voxel_size_mm: float, *, diameters_mm=
     """
     from .synth.nema import DEFAULT_ACTIVITY_BQ_ML, nema_nu4_phantom
 
-    f = float(fwhm_mm)
-    if not (f > 0 and math.isfinite(f)):
-        raise ParameterError(f"recovery_coefficients: fwhm_mm must be a positive FWHM in mm, got {fwhm_mm!r}")
+    f = _fwhm_positive(fwhm_mm, "recovery_coefficients")
     kwargs = {} if diameters_mm is None else {"rod_diameters_mm": diameters_mm}
     a = DEFAULT_ACTIVITY_BQ_ML if activity_bq_ml is None else activity_bq_ml
     img, truth = nema_nu4_phantom(voxel_size_mm=voxel_size_mm, fwhm_mm=f, activity_bq_ml=a,
@@ -951,6 +966,19 @@ def recovery_coefficients(fwhm_mm: float, voxel_size_mm: float, *, diameters_mm=
     table.attrs["fwhm_mm"] = f
     table.attrs["voxel_size_mm"] = float(voxel_size_mm)
     return table
+
+
+def _rc_columns(table, column: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``diameter_mm`` and ``column`` of an RC table as float64 arrays."""
+    out = []
+    for col in ("diameter_mm", column):
+        if col not in getattr(table, "columns", ()):
+            raise ParameterError(f"{what}: the table has no {col!r} column (pass a nema_recovery table)")
+        try:
+            out.append(np.asarray(table[col], dtype=np.float64))
+        except (TypeError, ValueError):
+            raise ParameterError(f"{what}: the table's {col!r} column holds non-numbers") from None
+    return out[0], out[1]
 
 
 def fit_fwhm_mm(table, *, column: str = "rc_mean") -> float:
@@ -979,13 +1007,8 @@ def fit_fwhm_mm(table, *, column: str = "rc_mean") -> float:
     from scipy.optimize import minimize_scalar
 
     kinds = {"rc_mean": "mean", "rc_max": "max"}
-    if column not in kinds:
-        raise ValueError(f"fit_fwhm_mm: column must be one of {sorted(kinds)}, got {column!r}")
-    for col in ("diameter_mm", column):
-        if col not in getattr(table, "columns", ()):
-            raise ParameterError(f"fit_fwhm_mm: the table has no {col!r} column (pass a nema_recovery table)")
-    d = np.asarray(table["diameter_mm"], dtype=np.float64)
-    rc = np.asarray(table[column], dtype=np.float64)
+    _check_choice(column, tuple(kinds), "column", "fit_fwhm_mm")
+    d, rc = _rc_columns(table, column, "fit_fwhm_mm")
 
     def cost(log_f):
         return float(np.sum((rod_recovery(math.exp(log_f), d, kind=kinds[column]) - rc) ** 2))
@@ -1021,8 +1044,7 @@ def equivalent_diameter_mm(mask: Volume, *, geometry: str = "sphere") -> float:
     >>> round(equivalent_diameter_mm(m), 4), round(equivalent_diameter_mm(m, geometry="rod"), 4)
     (12.407, 11.2838)
     """
-    if geometry not in ("sphere", "rod"):
-        raise ValueError(f"equivalent_diameter_mm: geometry must be 'sphere' or 'rod', got {geometry!r}")
+    _check_choice(geometry, ("sphere", "rod"), "geometry", "equivalent_diameter_mm")
     if not isinstance(mask, Volume) or mask.data.ndim != 3:
         raise ParameterError("equivalent_diameter_mm: mask must be a 3D invivo.Volume")
     m = mask.data != 0
@@ -1082,10 +1104,13 @@ class RecoveryCorrection:
     def __init__(self, diameters_mm, rc, *, geometry: str = "rod", clamp_above: bool = False):
         from scipy.interpolate import PchipInterpolator
 
-        if geometry not in ("rod", "sphere"):
-            raise ValueError(f"RecoveryCorrection: geometry must be 'rod' or 'sphere', got {geometry!r}")
-        d = np.asarray(to_device(diameters_mm, "cpu"), dtype=np.float64).ravel()
-        r = np.asarray(to_device(rc, "cpu"), dtype=np.float64).ravel()
+        _check_choice(geometry, ("rod", "sphere"), "geometry", "RecoveryCorrection")
+        try:
+            d = np.asarray(to_device(diameters_mm, "cpu"), dtype=np.float64).ravel()
+            r = np.asarray(to_device(rc, "cpu"), dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            raise ParameterError(f"RecoveryCorrection: diameters_mm and rc must be sequences of numbers, got "
+                                 f"{diameters_mm!r} and {rc!r}") from None
         if d.size != r.size or d.size < 2:
             raise ParameterError(f"RecoveryCorrection: need at least two (diameter, RC) pairs of equal length, got "
                                  f"{d.size} diameters and {r.size} RCs")
@@ -1110,11 +1135,8 @@ class RecoveryCorrection:
         ``column="rc_mean"`` (default) is the recovery of a mean; NEMA's
         ``rc_max`` corrects maxima, not means.
         """
-        for col in ("diameter_mm", column):
-            if col not in getattr(table, "columns", ()):
-                raise ParameterError(f"RecoveryCorrection.from_table: the table has no {col!r} column")
-        return cls(np.asarray(table["diameter_mm"]), np.asarray(table[column]), geometry=geometry,
-                   clamp_above=clamp_above)
+        d, rc = _rc_columns(table, column, "RecoveryCorrection.from_table")
+        return cls(d, rc, geometry=geometry, clamp_above=clamp_above)
 
     @classmethod
     def analytic(cls, fwhm_mm: float, *, geometry: str = "sphere", diameters_mm=None,
@@ -1125,10 +1147,10 @@ class RecoveryCorrection:
         (RC from ~0.02 to ~1 for spheres; the interpolation then differs from the
         closed form by < 1e-6).
         """
-        if geometry not in ("rod", "sphere"):
-            raise ValueError(f"RecoveryCorrection.analytic: geometry must be 'rod' or 'sphere', got {geometry!r}")
-        f = float(fwhm_mm)
-        d = np.geomspace(f / 2.0, 20.0 * f, 257) if diameters_mm is None else np.asarray(diameters_mm, float)
+        _check_choice(geometry, ("rod", "sphere"), "geometry", "RecoveryCorrection.analytic")
+        f = _fwhm_positive(fwhm_mm, "RecoveryCorrection.analytic")
+        d = (np.geomspace(f / 2.0, 20.0 * f, 257) if diameters_mm is None
+             else _diameters(diameters_mm, "RecoveryCorrection.analytic"))
         fun = sphere_recovery if geometry == "sphere" else rod_recovery
         return cls(d, fun(f, d), geometry=geometry, clamp_above=clamp_above)
 
@@ -1138,9 +1160,7 @@ class RecoveryCorrection:
 
     def rc(self, diameter_mm):
         """RC at ``diameter_mm`` (float or array, mm); ParameterError outside the measured range."""
-        d = np.asarray(diameter_mm, dtype=np.float64)
-        if not np.all(np.isfinite(d) & (d > 0)):
-            raise ParameterError(f"RecoveryCorrection: diameter_mm must be positive and finite, got {diameter_mm!r}")
+        d = _diameters(diameter_mm, "RecoveryCorrection")
         lo, hi = self.diameters_mm[0], self.diameters_mm[-1]
         if np.any(d < lo * (1 - 1e-12)):
             raise ParameterError(
@@ -1153,7 +1173,7 @@ class RecoveryCorrection:
                     f"({hi:g} mm); measure larger objects or pass clamp_above=True "
                     f"(RC held at {self.rc_values[-1]:.4g})")
         out = self._interp(np.clip(d, lo, hi))
-        return _scalar_or_array(out, diameter_mm)
+        return _shaped_like(out, diameter_mm)
 
     def correct(self, mean, *, diameter_mm: float | None = None, mask: Volume | None = None):
         """``mean / RC(d)`` for an ROI mean (float or per-frame list); give ``diameter_mm`` or ``mask``.
@@ -1189,13 +1209,11 @@ class RecoveryCorrection:
 
 # -- rim-to-core profile --------------------------------------------------------------
 
-def _orthogonal_spacing(volume: Volume, what: str) -> tuple[float, float, float]:
-    m = volume.affine[:3, :3]
+def _orthogonal(affine: np.ndarray) -> bool:
+    """True when the grid's axes are orthogonal (no shear): a distance along an axis is voxel size x index step."""
+    m = np.asarray(affine, dtype=np.float64)[:3, :3]
     gram = m.T @ m
-    if not np.allclose(gram, np.diag(np.diag(gram)), atol=1e-6 * float(np.max(np.abs(gram)))):
-        raise GeometryError(f"{what}: the grid's axes are not orthogonal (a sheared affine): distances in mm need "
-                            "an orthogonal grid; resample first (invivo.align.resample)")
-    return volume.voxel_size_mm
+    return bool(np.allclose(gram, np.diag(np.diag(gram)), atol=1e-6 * float(np.max(np.abs(gram)))))
 
 
 def boundary_depth_mm(tumour: Volume) -> Volume:
@@ -1246,8 +1264,10 @@ def boundary_depth_mm(tumour: Volume) -> Volume:
     what = "boundary_depth_mm"
     if not isinstance(tumour, Volume) or tumour.data.ndim != 3:
         raise ParameterError(f"{what}: the mask must be a 3D invivo.Volume")
-    spacing = _orthogonal_spacing(tumour, what)
-    xp = get_array_module(tumour.data)
+    if not _orthogonal(tumour.affine):
+        raise GeometryError(f"{what}: the grid's axes are not orthogonal (a sheared affine): distances in mm need "
+                            "an orthogonal grid; resample first (invivo.align.resample)")
+    spacing = tumour.voxel_size_mm
     m = to_device(tumour.data != 0, "cpu")  # host: scipy.ndimage.distance_transform_edt
     idx = np.argwhere(m)
     if idx.size == 0:
@@ -1270,21 +1290,15 @@ def boundary_depth_mm(tumour: Volume) -> Volume:
     inner = depth[1:-1, 1:-1, 1:-1]
     out[box] = np.where(m[box], inner, np.nan)
     meta = Meta(modality="OT", units="mm", series_description="depth inward from the mask boundary")
-    return Volume(xp.asarray(out) if xp is not np else out, tumour.affine, meta)
+    return Volume(to_device(out, tumour.device), tumour.affine, meta)
 
 
 def _tumour_depth(volume: Volume, tumour, what: str):
-    """(3D data on the image's device, mask array, depth array on the image's device) for a tumour mask."""
-    if isinstance(tumour, Volume):
-        if tumour.data.ndim != 3:
-            raise ParameterError(f"{what}: tumour must be a 3D mask, got shape {tumour.shape}")
-        if not tumour.same_grid(volume):
-            tumour = match_mask(tumour, volume)
-    else:
-        tumour = Volume(_mask_array(volume, tumour), volume.affine)
+    """(mask array, depth array in mm), both on the image's grid and device, for a tumour mask."""
+    if isinstance(tumour, Volume) and tumour.data.ndim != 3:
+        raise ParameterError(f"{what}: tumour must be a 3D mask, got shape {tumour.shape}")
     m = _mask_array(volume, tumour)
-    depth = boundary_depth_mm(Volume(m, volume.affine)).data
-    return m, depth
+    return m, boundary_depth_mm(Volume(m, volume.affine)).data
 
 
 def rim_core_profile(volume: Volume, tumour, *, step_mm: float | None = None,
@@ -1341,9 +1355,7 @@ def rim_core_profile(volume: Volume, tumour, *, step_mm: float | None = None,
     if step_mm is None:
         step = max(volume.voxel_size_mm)
     else:
-        step = float(step_mm)
-        if not (step > 0 and math.isfinite(step)):
-            raise ParameterError(f"{what}: step_mm must be a positive bin width in mm, got {step_mm!r}")
+        step = _number(step_mm, f"{what}: step_mm", "a positive bin width in mm")
     xp = get_array_module(data)
     m, depth = _tumour_depth(volume, tumour, what)
     vals = data[m].astype(np.float64)
@@ -1428,9 +1440,7 @@ def infiltration_index(volume: Volume, tumour, *, rim_mm: float = DEFAULT_RIM_MM
     """
     what = "infiltration_index"
     data = _frame_data(volume, frame, what)
-    r = float(rim_mm)
-    if not (r > 0 and math.isfinite(r)):
-        raise ParameterError(f"{what}: rim_mm must be a positive thickness in mm, got {rim_mm!r}")
+    r = _number(rim_mm, f"{what}: rim_mm", "a positive thickness in mm")
     m, depth = _tumour_depth(volume, tumour, what)
     xp = get_array_module(data)
     inside_depth = xp.where(m, depth, -xp.inf)
@@ -1443,7 +1453,7 @@ def infiltration_index(volume: Volume, tumour, *, rim_mm: float = DEFAULT_RIM_MM
     if not bool(rim.any()):
         raise ParameterError(f"{what}: the rim is empty: rim_mm={r:g} mm is below half a voxel "
                              f"({min(volume.voxel_size_mm) / 2:g} mm)")
-    img = Volume(data, volume.affine, volume.meta.copy() if data is volume.data else Meta(units=volume.meta.units))
+    img = volume if data is volume.data else Volume(data, volume.affine)
     s_rim = stats(img, rim, peak_radius_mm=1e-6)
     s_core = stats(img, core, peak_radius_mm=1e-6)
     if s_rim["mean"] == 0:

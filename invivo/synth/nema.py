@@ -45,8 +45,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..backend import get_array_module, to_device
+from ..backend import to_device
 from ..errors import ParameterError
+from ..roi import _number, _orthogonal
 from ..volume import Meta, Volume
 
 __all__ = ["nema_nu4_phantom", "sphere_phantom", "gaussian_blur", "NEMA_NU4_GEOMETRY", "FWHM_PER_SIGMA"]
@@ -79,13 +80,22 @@ DEFAULT_ACTIVITY_BQ_ML = 185e3
 
 
 def _positive(value, what: str) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{what} must be a positive number, got {value!r}") from None
-    if not (v > 0 and math.isfinite(v)):
-        raise ParameterError(f"{what} must be a positive finite number, got {value!r}")
-    return v
+    return _number(value, what, "a positive finite number")
+
+
+def _fwhm(value, what: str) -> float:
+    """A Gaussian FWHM >= 0 mm (0: no blur)."""
+    return _number(value, f"{what}: fwhm_mm", "a finite FWHM >= 0 mm", zero_ok=True)
+
+
+def _in_disk(x_mm, y_mm, centre_mm, radius_mm: float):
+    """Points (broadcast ``x_mm``, ``y_mm``) within ``radius_mm`` of ``centre_mm`` (x, y), boundary included."""
+    return (x_mm - centre_mm[0]) ** 2 + (y_mm - centre_mm[1]) ** 2 <= radius_mm ** 2
+
+
+def _in_range(z_mm, z_range_mm):
+    """Points within ``[z0, z1]`` (1e-9 mm tolerance for rounding of grid coordinates)."""
+    return (z_mm >= z_range_mm[0] - 1e-9) & (z_mm <= z_range_mm[1] + 1e-9)
 
 
 def _supersample(value, what: str) -> int:
@@ -124,6 +134,16 @@ def _slab_fraction(z_mm: np.ndarray, z_range_mm, step_mm: float) -> np.ndarray:
     lo = np.maximum(z_mm - step_mm / 2.0, z_range_mm[0])
     hi = np.minimum(z_mm + step_mm / 2.0, z_range_mm[1])
     return np.clip(hi - lo, 0.0, None) / step_mm
+
+
+def _three(value, *, broadcast: bool = True) -> np.ndarray | None:
+    """Three finite floats from ``value`` (one number too with ``broadcast``), or None."""
+    try:
+        v = np.asarray(value, dtype=np.float64)
+        v = np.broadcast_to(v, (3,)).copy() if broadcast else v
+    except (TypeError, ValueError):
+        return None
+    return v if v.shape == (3,) and np.all(np.isfinite(v)) else None
 
 
 def _axis_centres(n: int, step: float) -> np.ndarray:
@@ -170,15 +190,12 @@ def gaussian_blur(volume: Volume, fwhm_mm: float, *, truncate: float = 5.0) -> V
     """
     from scipy.ndimage import gaussian_filter
 
-    fwhm = float(fwhm_mm)
-    if not (fwhm >= 0 and math.isfinite(fwhm)):
-        raise ParameterError(f"gaussian_blur: fwhm_mm must be a finite FWHM >= 0 mm, got {fwhm_mm!r}")
-    m = volume.affine[:3, :3]
-    gram = m.T @ m
-    if not np.allclose(gram, np.diag(np.diag(gram)), atol=1e-6 * float(np.max(np.abs(gram)))):
+    if not isinstance(volume, Volume):
+        raise ParameterError(f"gaussian_blur: volume must be an invivo.Volume, got {type(volume).__name__}")
+    fwhm = _fwhm(fwhm_mm, "gaussian_blur")
+    if not _orthogonal(volume.affine):
         raise ParameterError("gaussian_blur: the grid's axes are not orthogonal (a sheared affine); "
                              "resample onto an orthogonal grid first")
-    xp = get_array_module(volume.data)
     dtype = volume.data.dtype if volume.data.dtype in (np.float32, np.float64) else np.float64
     data = to_device(volume.data, "cpu").astype(dtype, copy=True)  # host: scipy.ndimage.gaussian_filter
     if fwhm > 0:
@@ -188,7 +205,7 @@ def gaussian_blur(volume: Volume, fwhm_mm: float, *, truncate: float = 5.0) -> V
         data = gaussian_filter(data, sigma=sigma, mode="constant", cval=0.0, truncate=truncate)
     meta = volume.meta.copy()
     meta.extra["blur_fwhm_mm"] = fwhm
-    return Volume(xp.asarray(data) if xp is not np else data, volume.affine, meta)
+    return Volume(to_device(data, volume.device), volume.affine, meta)
 
 
 def _noise(clean: np.ndarray, sd: float, seed) -> np.ndarray:
@@ -261,12 +278,8 @@ def nema_nu4_phantom(*, voxel_size_mm: float = 0.5, fwhm_mm: float = 1.5,
     what = "nema_nu4_phantom"
     h = _positive(voxel_size_mm, f"{what}: voxel_size_mm")
     a = _positive(activity_bq_ml, f"{what}: activity_bq_ml (Bq/mL)")
-    fwhm = float(fwhm_mm)
-    if not (fwhm >= 0 and math.isfinite(fwhm)):
-        raise ParameterError(f"{what}: fwhm_mm must be a finite FWHM >= 0 mm, got {fwhm_mm!r}")
-    noise = float(noise_rel_sd)
-    if not (noise >= 0 and math.isfinite(noise)):
-        raise ParameterError(f"{what}: noise_rel_sd must be >= 0 (a fraction of activity_bq_ml), got {noise_rel_sd!r}")
+    fwhm = _fwhm(fwhm_mm, what)
+    noise = _number(noise_rel_sd, f"{what}: noise_rel_sd", ">= 0 (a fraction of activity_bq_ml)", zero_ok=True)
     s = _supersample(supersample, what)
     try:
         diameters = [float(d) for d in rod_diameters_mm]
@@ -305,7 +318,7 @@ def nema_nu4_phantom(*, voxel_size_mm: float = 0.5, fwhm_mm: float = 1.5,
         ang = math.radians(90.0 + 72.0 * n)
         c = (g["rod_ring_radius_mm"] * math.cos(ang), g["rod_ring_radius_mm"] * math.sin(ang))
         act += _disk_fraction(x, x, c, d / 2.0, step, s)[:, :, None] * rod_frac[None, None, :]
-        mask = ((xx - c[0]) ** 2 + (yy - c[1]) ** 2 <= (d / 2.0) ** 2) & in_rod_z
+        mask = _in_disk(xx, yy, c, d / 2.0) & in_rod_z
         rods.append({"diameter_mm": d, "centre_mm": c, "z_mm": g["rod_z_mm"],
                      "mask": _bool_volume(mask, aff, f"NEMA rod {d:g} mm", device)})
     np.clip(act, 0.0, 1.0, out=act)  # rounding of the insert subtraction
@@ -319,8 +332,7 @@ def nema_nu4_phantom(*, voxel_size_mm: float = 0.5, fwhm_mm: float = 1.5,
     data = _noise(clean_data, noise * a, seed) if noise > 0 else clean_data.copy()
 
     def cyl(centre, diameter, z_range):
-        return (((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 <= (diameter / 2.0) ** 2)
-                & (zz >= z_range[0] - 1e-9) & (zz <= z_range[1] + 1e-9))
+        return _in_disk(xx, yy, centre, diameter / 2.0) & _in_range(zz, z_range)
 
     geometry = dict(g)
     geometry["rods"] = [{"diameter_mm": r["diameter_mm"], "centre_mm": r["centre_mm"]} for r in rods]
@@ -386,20 +398,21 @@ def sphere_phantom(profile, *, radius_mm: float, voxel_size_mm=0.25, centre_mm=(
     """
     what = "sphere_phantom"
     radius = _positive(radius_mm, f"{what}: radius_mm")
-    vs = np.broadcast_to(np.asarray(voxel_size_mm, dtype=np.float64), (3,)).copy()
-    if not np.all((vs > 0) & np.isfinite(vs)):
+    vs = _three(voxel_size_mm)
+    if vs is None or not np.all(vs > 0):
         raise ParameterError(f"{what}: voxel_size_mm must be positive (one or three values), got {voxel_size_mm!r}")
-    c = np.asarray(centre_mm, dtype=np.float64)
-    if c.shape != (3,) or not np.all(np.isfinite(c)):
+    c = _three(centre_mm, broadcast=False)
+    if c is None:
         raise ParameterError(f"{what}: centre_mm must be three finite numbers, got {centre_mm!r}")
-    margin = float(margin_mm)
-    if not (margin >= 0 and math.isfinite(margin)):
-        raise ParameterError(f"{what}: margin_mm must be >= 0 mm, got {margin_mm!r}")
+    margin = _number(margin_mm, f"{what}: margin_mm", ">= 0 mm", zero_ok=True)
     s = _supersample(supersample, what)
     if callable(profile):
         fun: Callable = profile
     else:
-        value = float(profile)
+        try:
+            value = float(profile)
+        except (TypeError, ValueError):
+            raise ParameterError(f"{what}: profile must be a number or a function of r_mm, got {profile!r}") from None
         fun = lambda r: np.full(np.shape(r), value)  # noqa: E731
 
     shape = tuple(2 * int(math.ceil((radius + abs(c[a]) + margin) / vs[a] - 1e-9)) + 1 for a in range(3))
@@ -418,7 +431,12 @@ def sphere_phantom(profile, *, radius_mm: float, voxel_size_mm=0.25, centre_mm=(
         if not inside.any():
             continue
         vals = np.zeros(r.shape)
-        vals[inside] = np.asarray(fun(r[inside]), dtype=np.float64)
+        got = np.asarray(fun(r[inside]), dtype=np.float64)
+        try:
+            vals[inside] = got
+        except ValueError:
+            raise ParameterError(f"{what}: profile(r_mm) must return one value per distance (shape "
+                                 f"{(int(inside.sum()),)}), got shape {got.shape}") from None
         out[i] = vals.mean(axis=(0, 2, 4))
     rc = np.sqrt((axes[0][:, None, None] - c[0]) ** 2 + (axes[1][None, :, None] - c[1]) ** 2
                  + (axes[2][None, None, :] - c[2]) ** 2)
