@@ -3,7 +3,7 @@
 Writes (once, cached under --work) a 200-slice x 40-frame dynamic PET and a 12-echo MR
 with invivo.synth, then times reading them.  Prints files/s and wall time per reader.
 
-    python benchmarks/ingest.py [--work DIR] [--repeat 3] [--matrix 128]
+    python benchmarks/ingest.py [--work DIR] [--repeat 5] [--matrix 128]
 
 dcm2niix comes from the `dcm2niix` PyPI package (pip install -e ".[bench]"); SimpleITK is
 a required dependency.  dcm2niix writes uncompressed NIfTI (-z n) to a temporary folder,
@@ -24,6 +24,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Table, time_runs  # noqa: E402
 
 
 def make_dynamic_pet(folder: Path, *, n_slices=200, n_frames=40, matrix=128):
@@ -54,16 +57,6 @@ def make_multiecho_mr(folder: Path, *, n_slices=40, n_echoes=12, matrix=256):
     write_dicom(vol, folder)
 
 
-def time_it(fn, repeat):
-    """(best, median) wall time in seconds over ``repeat`` runs."""
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times), float(np.median(times))
-
-
 def read_invivo(folder, dtype=np.float32):
     import invivo
 
@@ -91,23 +84,24 @@ def read_sitk(folder):
     return reader.Execute()
 
 
-def read_dcm2niix(folder):
+def dcm2niix_exe():
+    """Path of the dcm2niix binary (on PATH, or shipped by the PyPI package), or None."""
     exe = shutil.which("dcm2niix")
     if exe is None:
         try:
-            import dcm2niix  # noqa: F401  (the PyPI package ships the binary)
-
-            exe = str(Path(dcm2niix.__file__).parent / "dcm2niix")
-            if not Path(exe).exists():
-                exe = shutil.which("dcm2niix", path=str(Path(sys.executable).parent))
+            import dcm2niix  # the PyPI package ships the binary
         except ImportError:
             return None
-    if not exe:
-        return None
+        exe = str(Path(dcm2niix.__file__).parent / "dcm2niix")
+        if not Path(exe).exists():
+            exe = shutil.which("dcm2niix", path=str(Path(sys.executable).parent))
+    return exe or None
+
+
+def read_dcm2niix(folder, exe):
     with tempfile.TemporaryDirectory() as out:
         subprocess.run([exe, "-z", "n", "-b", "y", "-o", out, str(folder)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return True
 
 
 def main(argv=None):
@@ -116,25 +110,35 @@ def main(argv=None):
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--matrix", type=int, default=128, help="PET matrix (MR is 256)")
     args = ap.parse_args(argv)
+    if args.repeat < 1 or args.matrix < 1:
+        ap.error("--repeat and --matrix must be >= 1")
     work = Path(args.work)
-    cases = {
-        "dynamic PET 200 slices x 40 frames": (work / "pet_dynamic", lambda f: make_dynamic_pet(f, matrix=args.matrix)),
+    cases = {  # the PET folder is named by its matrix: a cache of another --matrix is never timed in its place
+        "dynamic PET 200 slices x 40 frames": (work / f"pet_dynamic_{args.matrix}",
+                                               lambda f: make_dynamic_pet(f, matrix=args.matrix)),
         "multi-echo MR 40 slices x 12 echoes": (work / "mr_12echo", make_multiecho_mr),
     }
-    print(f"{'case':40s} {'reader':18s} {'files':>6s} {'best s':>8s} {'median s':>9s} {'files/s':>9s}")
+    exe = dcm2niix_exe()
+    readers = (("invivo float32", read_invivo), ("invivo float64", read_invivo64), ("invivo scan", scan_invivo),
+               ("SimpleITK", read_sitk), ("dcm2niix -z n", exe and (lambda folder: read_dcm2niix(folder, exe))))
+    table = Table(("case", "40s"), ("reader", "18s"), ("files", "6d"), ("best s", "8.2f"), ("median s", "9.2f"),
+                  ("files/s", "9.0f"))
+    print(table.header())
     for name, (folder, make) in cases.items():
-        if not folder.exists():
+        if not folder.exists():  # written beside, then renamed: an interrupted write is not taken for a cache
             t = time.perf_counter()
-            make(folder)
+            partial = folder.with_name(folder.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            make(partial)
+            partial.rename(folder)
             print(f"# wrote {name} in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         n = sum(1 for _ in folder.rglob("*") if _.is_file())
-        for reader, fn in (("invivo float32", read_invivo), ("invivo float64", read_invivo64),
-                           ("invivo scan", scan_invivo), ("SimpleITK", read_sitk), ("dcm2niix -z n", read_dcm2niix)):
-            if reader.startswith("dcm2niix") and fn(folder) is None:
-                print(f"{name:40s} {reader:18s} {'(not installed: pip install dcm2niix)':>25s}")
+        for reader, fn in readers:
+            if fn is None:
+                print(f"{table.row(name, reader)} (not installed: pip install dcm2niix)")
                 continue
-            best, med = time_it(lambda: fn(folder), args.repeat)
-            print(f"{name:40s} {reader:18s} {n:6d} {best:8.2f} {med:9.2f} {n / best:9.0f}")
+            best, med, *_ = time_runs(lambda: fn(folder), args.repeat)
+            print(table.row(name, reader, n, best, med, n / best))
     return 0
 
 

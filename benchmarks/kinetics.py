@@ -56,15 +56,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import sys
 import time
-import tracemalloc
 import warnings
-from datetime import date
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (Table, add_sweep_options, cpu_count, fmt_n, free_gpu, gpu_line, load_average,  # noqa: E402
+                     machine_line, mem_available, over_budget, parse_sweep, pick_devices, probe, sync, time_runs)
 
 FRAME_DURATIONS_S = [15] * 8 + [30] * 4 + [60] * 4 + [180] * 4 + [360] * 10
 TSTAR_S = 1200.0
@@ -178,56 +179,6 @@ def run_map(method, y, frames, inp, ref, chunk=None):
     return maps.compartment_map(y, frames, inp, model=method, **({} if chunk is None else {"chunk": chunk}))
 
 
-def _sync(device):
-    if device == "gpu":
-        from invivo.backend import cupy
-
-        cupy.cuda.Device().synchronize()
-
-
-def time_runs(fn, runs, budget_s=float("inf")):
-    """(best, median, last result, calls made, CPU seconds of the best call) of up to ``runs`` calls.
-
-    Wall time in seconds; the CPU time (this process, all threads) tells how much of the wall
-    time other processes took when the machine is shared."""
-    times, cpu, out = [], [], None
-    for _ in range(runs):
-        if times and sum(times) + max(times) > budget_s:
-            break
-        out = None
-        gc.collect()
-        c = time.process_time()
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return min(times), float(np.median(times)), out, len(times), cpu[int(np.argmin(times))]
-
-
-def probe(fn, n, device):
-    """(seconds per voxel, peak bytes per voxel) of one call (after a warm-up on GPU)."""
-    if device == "gpu":
-        from invivo.backend import cupy
-
-        fn()
-        pool = cupy.get_default_memory_pool()
-        pool.free_all_blocks()
-        t = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t
-        peak = pool.total_bytes()
-        pool.free_all_blocks()
-        return dt / n, peak / n
-    t = time.perf_counter()
-    fn()
-    dt = time.perf_counter() - t
-    tracemalloc.start()
-    fn()
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return dt / n, peak / n
-
-
 def accuracy(est, truth, ok):
     """(median signed %, median |.| %, ok %) of the relative error over ok voxels."""
     if not ok.any():
@@ -311,47 +262,18 @@ def lmfit_loop(model, ys, frames, inp):
 
 
 # ------------------------------------------------------------------------------------------- environment
-def _mem_available() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024.0
-    except OSError:
-        pass
-    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
-def _gpu_mem_available() -> float:
-    from invivo.backend import cupy
-
-    pool = cupy.get_default_memory_pool()
-    return float(cupy.cuda.Device().mem_info[0] + pool.free_bytes())
-
-
-def _fmt_n(n: int) -> str:
-    if n < 1000:
-        return str(n)
-    e = int(np.floor(np.log10(n)))
-    return f"{n / 10 ** e:.3g}e{e}"
-
-
 def _load_line(cpus):
-    l1, l5, _ = os.getloadavg()
+    l1, l5 = load_average()
     note = "  (other processes share the CPU: timings are pessimistic)" if l1 > 0.75 * cpus else ""
     return f"load average {l1:.2f} (1 min), {l5:.2f} (5 min) on {cpus} cores{note}"
 
 
 def main(argv=None):
-    from invivo.backend import has_gpu, to_device
+    from invivo.backend import to_device
     from invivo.kinetics.maps import MAP_STATUS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1e4,1e5,1e6", help="voxel counts, comma separated (default 1e4,1e5,1e6)")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma separated, from {', '.join(METHODS)}")
-    ap.add_argument("--device", choices=("cpu", "gpu", "both"), default="both")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--max-seconds", type=float, default=300.0, help="time budget per cell (method x size x device)")
+    add_sweep_options(ap, sizes="1e4,1e5,1e6", methods=METHODS)
     ap.add_argument("--peer-sample", type=int, default=50, help="voxels fitted by each per-voxel loop (0: none)")
     ap.add_argument("--noise", type=float, default=0.05, help="relative SD of a 300-s frame at the curve's mean")
     ap.add_argument("--chunk", type=int, default=None,
@@ -359,36 +281,20 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    sizes = sorted({int(float(s)) for s in args.sizes.split(",") if s.strip()})
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not sizes or min(sizes) < 1 or args.repeat < 1 or args.noise < 0 or (args.chunk or 1) < 1:
-        ap.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}" if unknown
-                 else "--sizes must be positive, --repeat >= 1, --noise >= 0 and --chunk >= 1")
-    devices = ["cpu", "gpu"] if args.device == "both" else [args.device]
-    if "gpu" in devices and not has_gpu():
-        print("# GPU figures need a CUDA device with CuPy (pip install -e '.[gpu]'); none here: GPU rows skipped")
-        devices.remove("gpu")
-        if not devices:
-            return 0
+    sizes, methods = parse_sweep(ap, args, METHODS)
+    if not args.noise >= 0:
+        ap.error("--noise must be >= 0 (relative SD of a 300-s frame)")
+    if args.chunk is not None and args.chunk < 1:
+        ap.error("--chunk must be >= 1 voxel")
+    devices = pick_devices(args.device)
+    if not devices:
+        return 0
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpu_name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import scipy
-
-    print(f"# {date.today().isoformat()}  {cpus} CPU cores ({cpu_name}), numpy {np.__version__}, scipy {scipy.__version__}")
+    cpus = cpu_count()
+    print(machine_line())
     print(f"# {_load_line(cpus)}")
     if "gpu" in devices:
-        from invivo.backend import cupy
-
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-        print(f"# GPU: {name}, CuPy {cupy.__version__}")
+        print(gpu_line())
     frames, inp = frames_and_input()
     nf = len(frames)
     print(f"# {nf} frames over {frames.end_min[-1]:g} min, float32, Feng bolus input, noise {100 * args.noise:g} % "
@@ -435,58 +341,50 @@ def main(argv=None):
         for m in methods:
             y = to_device(probe_data[DATASET[m]][0], dev)
             per_voxel_s[dev, m], per_voxel_b[dev, m] = probe(
-                lambda: (run_map(m, y, frames, inp, sim.ref, args.chunk), _sync(dev)), n_probe, dev)
+                lambda: (run_map(m, y, frames, inp, sim.ref, args.chunk), sync(dev)), n_probe, dev)
             del y
     print(f"# probe ({n_probe} voxels) peak bytes/voxel: "
           + ", ".join(f"{dev} {m} {per_voxel_b[dev, m]:.0f}" for dev in devices for m in methods))
     del probe_data
 
-    header = (f"{'device':6s} {'method':9s} {'voxels':>6s} {'runs':>4s} {'best s':>8s} {'median s':>9s} {'cpu s':>8s} "
-              f"{'voxels/s':>9s} {'GB/s':>6s} {'x scipy':>8s} {'x lmfit':>8s} {'truth':>6s} {'err %':>7s} "
-              f"{'|err| %':>7s} {'ok %':>6s}")
-    print(header)
+    table = Table(("device", "6s"), ("method", "9s"), ("voxels", ">6s"), ("runs", "4d"), ("best s", "8.3f"),
+                  ("median s", "9.3f"), ("cpu s", "8.3f"), ("voxels/s", "9.3g"), ("GB/s", "6.2f"), ("x scipy", "8.0f"),
+                  ("x lmfit", "8.0f"), ("truth", ">6s"), ("err %", "+7.2f"), ("|err| %", "7.2f"), ("ok %", "6.1f"))
+    print(table.header())
     for n in sizes:
         t = time.perf_counter()
         data = make_data(sim, tables, n, seed=args.seed, noise=args.noise)
-        print(f"# generated {_fmt_n(n)} voxels x 3 data sets in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        print(f"# generated {fmt_n(n)} voxels x 3 data sets in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         for dev in devices:
-            avail = _gpu_mem_available() if dev == "gpu" else _mem_available()
+            avail = mem_available(dev)
             for m in methods:
-                label = f"{dev:6s} {m:9s} {_fmt_n(n):>6s}"
-                est_s = per_voxel_s[dev, m] * n
                 block = args.chunk if (args.chunk and m in ("1tcm", "2tcm-irr")) else CHUNKED.get(m)
                 est_b = (per_voxel_b[dev, m] * min(n, block) + OUTPUT_BYTES * n if m in CHUNKED
                          else per_voxel_b[dev, m] * n)
-                if est_b > 0.8 * avail:
-                    print(f"{label}  skipped: needs ~{est_b / 1e9:.2f} GB, over 80 % of the {avail / 1e9:.2f} GB available")
-                    continue
-                if est_s > args.max_seconds:
-                    print(f"{label}  skipped: one run would take ~{est_s:.3g} s > --max-seconds {args.max_seconds:g}")
+                skip = over_budget(per_voxel_s[dev, m] * n, est_b, avail, args.max_seconds)
+                if skip:
+                    print(f"{table.row(dev, m, fmt_n(n))}  {skip}")
                     continue
                 y_host, truths = data[DATASET[m]]
                 out_name, truth_name = TRUTH[m]
                 y = to_device(y_host, dev)
                 if dev == "gpu":
                     run_map(m, y, frames, inp, sim.ref, args.chunk)  # warm-up: kernel compilation
-                    _sync(dev)
+                    sync(dev)
                 best, med, res, runs, cpu_s = time_runs(
-                    lambda: (run_map(m, y, frames, inp, sim.ref, args.chunk), _sync(dev))[0], args.repeat,
+                    lambda: (run_map(m, y, frames, inp, sim.ref, args.chunk), sync(dev))[0], args.repeat,
                     args.max_seconds)
                 per_voxel_s[dev, m] = best / n
                 rate = n / best
-                gbs = f"{y_host.nbytes / best / 1e9:6.2f}" if m in BANDWIDTH_METHODS else f"{'-':>6s}"
-                xs = f"{rate / peer_rate[m, 'scipy']:8.0f}" if (m, "scipy") in peer_rate else f"{'-':>8s}"
-                xl = f"{rate / peer_rate[m, 'lmfit']:8.0f}" if (m, "lmfit") in peer_rate else f"{'-':>8s}"
+                gbs = y_host.nbytes / best / 1e9 if m in BANDWIDTH_METHODS else None
+                xs, xl = (rate / peer_rate[m, p] if (m, p) in peer_rate else None for p in ("scipy", "lmfit"))
                 ok = to_device(res["status"], "cpu").reshape(-1) == MAP_STATUS["ok"]
                 est = to_device(res[out_name], "cpu").reshape(-1).astype(np.float64)
                 e, ae, okp = accuracy(est, truths[truth_name], ok)
-                print(f"{label} {runs:4d} {best:8.3f} {med:9.3f} {cpu_s:8.3f} {rate:9.3g} {gbs} {xs} {xl} {truth_name:>6s} "
-                      f"{e:+7.2f} {ae:7.2f} {okp:6.1f}", flush=True)
+                print(table.row(dev, m, fmt_n(n), runs, best, med, cpu_s, rate, gbs, xs, xl, truth_name, e, ae, okp),
+                      flush=True)
                 del res, y, ok, est
-                if dev == "gpu":
-                    from invivo.backend import cupy
-
-                    cupy.get_default_memory_pool().free_all_blocks()
+                free_gpu(dev)
         del data
         gc.collect()
     for model, ys in peer_voxels.items():  # the load may have changed since the start: measure the loop again

@@ -33,15 +33,16 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import sys
 import time
-import tracemalloc
 import warnings
-from datetime import date
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (Table, add_sweep_options, fmt_n, free_gpu, gpu_line, machine_line, mem_available,  # noqa: E402
+                     over_budget, parse_sweep, pick_devices, probe, sync, time_runs)
 
 S0 = 1000.0
 SNR = 50.0
@@ -67,39 +68,15 @@ def make_data(n: int, *, seed: int = 0, chunk: int = 1_000_000):
     return y, r2
 
 
-def _sync(device):
-    if device == "gpu":
-        from invivo.backend import cupy
-
-        cupy.cuda.Device().synchronize()
-
-
 def _fit(model, y, device):
     fit = model.fit(y, sigma=SIGMA)
-    _sync(device)
+    sync(device)
     return fit
 
 
 def _written_bytes(fit) -> int:
     return sum(int(a.nbytes) for a in (fit.params, fit.variance, fit.status, fit.echoes_used, fit.residual,
                                       fit.r_squared, fit.r2star_ceiling))
-
-
-def time_runs(fn, runs, budget_s=float("inf")):
-    """(best, median, last result, calls made) of up to ``runs`` calls, wall time in seconds.
-
-    Stops early when one more call (as long as the slowest so far) would pass ``budget_s`` in all.
-    """
-    times, out = [], None
-    for _ in range(runs):
-        if times and sum(times) + max(times) > budget_s:
-            break
-        out = None
-        gc.collect()
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), float(np.median(times)), out, len(times)
 
 
 def curve_fit_rate(y, *, sample, repeat, bounded=False, seed=1):
@@ -131,109 +108,34 @@ def curve_fit_rate(y, *, sample, repeat, bounded=False, seed=1):
                     failed += 1
         return failed
 
-    best, med, failed, _ = time_runs(loop, repeat)
+    best, med, failed, *_ = time_runs(loop, repeat)
     return best, med, ys.shape[0] / best, failed
 
 
-def _mem_available() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return float(line.split()[1]) * 1024.0
-    except OSError:
-        pass
-    return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-
-
-def _gpu_mem_available() -> float:
-    from invivo.backend import cupy
-
-    pool = cupy.get_default_memory_pool()
-    return float(cupy.cuda.Device().mem_info[0] + pool.free_bytes())
-
-
-def probe(model, y, device):
-    """(seconds per voxel, peak bytes per voxel) of one fit of ``y`` (after a warm-up on GPU)."""
-    n = y.shape[0]
-    if device == "gpu":
-        from invivo.backend import cupy
-
-        _fit(model, y, device)  # warm-up: kernel compilation
-        pool = cupy.get_default_memory_pool()
-        pool.free_all_blocks()
-        t = time.perf_counter()
-        _fit(model, y, device)
-        dt = time.perf_counter() - t
-        peak = pool.total_bytes()  # the pool keeps every block it needed: its high-water mark
-        pool.free_all_blocks()
-        return dt / n, peak / n
-    t = time.perf_counter()
-    _fit(model, y, device)
-    dt = time.perf_counter() - t
-    tracemalloc.start()  # NumPy reports its buffers to tracemalloc
-    _fit(model, y, device)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return dt / n, peak / n
-
-
-def _fmt_n(n: int) -> str:
-    """1e5, 2.5e6, ...: voxel counts as the --sizes option takes them."""
-    if n < 1000:
-        return str(n)
-    e = int(np.floor(np.log10(n)))
-    return f"{n / 10 ** e:.3g}e{e}"
-
-
 def main(argv=None):
-    from invivo.backend import has_gpu, to_device
+    from invivo.backend import to_device
     from invivo.relax.r2star import METHODS, STATUS, R2StarModel
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", default="1e5,1e6,1e7", help="voxel counts, comma separated (default 1e5,1e6,1e7)")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"comma separated, from {', '.join(METHODS)}")
-    ap.add_argument("--device", choices=("cpu", "gpu", "both"), default="both")
+    add_sweep_options(ap, sizes="1e5,1e6,1e7", methods=METHODS)
     ap.add_argument("--gpu-array", action="store_true",
                     help="also time the GPU with engine='array' (plain CuPy array code) beside the fused kernel")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--max-seconds", type=float, default=300.0, help="time budget per cell (method x size x device)")
     ap.add_argument("--curve-fit-sample", type=int, default=500, help="voxels fitted by the curve_fit loop")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-
-    sizes = sorted({int(float(s)) for s in args.sizes.split(",") if s.strip()})
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not sizes or min(sizes) < 1 or args.repeat < 1:
-        ap.error(f"unknown method(s) {unknown}; valid: {', '.join(METHODS)}" if unknown
-                 else "--sizes must be positive and --repeat >= 1")
-    devices = ["cpu", "gpu"] if args.device == "both" else [args.device]
-    if "gpu" in devices and not has_gpu():
-        print("# GPU figures need a CUDA device with CuPy (pip install -e '.[gpu]'); none here: GPU rows skipped")
-        devices.remove("gpu")
-        if not devices:
-            return 0
+    sizes, methods = parse_sweep(ap, args, METHODS)
+    if args.curve_fit_sample < 1:
+        ap.error("--curve-fit-sample must be >= 1 (the curve_fit loop is the x curve_fit baseline)")
+    devices = pick_devices(args.device)
+    if not devices:
+        return 0
     if "gpu" in devices and args.gpu_array:
         devices.append("gpuarr")  # same GPU, engine='array'
     where = {"cpu": "cpu", "gpu": "gpu", "gpuarr": "gpu"}
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    cpu_name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu_name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import scipy
-
-    print(f"# {date.today().isoformat()}  {cpus} CPU cores ({cpu_name}), numpy {np.__version__}, scipy {scipy.__version__}")
+    print(machine_line())
     if "gpu" in devices:
-        from invivo.backend import cupy
-
-        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
-        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-        print(f"# GPU: {name}, CuPy {cupy.__version__}")
+        print(gpu_line())
     print(f"# {ECHO_TIMES_S.size} echoes TE {1e3 * ECHO_TIMES_S[0]:g}-{1e3 * ECHO_TIMES_S[-1]:g} ms, float32, "
           f"S0 {S0:g}, sigma {SIGMA:g} (SNR {SNR:g}), R2* uniform {R2_RANGE[0]:g}-{R2_RANGE[1]:g} s^-1, seed {args.seed}")
 
@@ -253,42 +155,39 @@ def main(argv=None):
     for dev in devices:
         yp = to_device(y_probe, where[dev])
         for m in methods:
-            per_voxel_s[dev, m], per_voxel_b[dev, m] = probe(models[dev, m], yp, where[dev])
+            per_voxel_s[dev, m], per_voxel_b[dev, m] = probe(lambda: _fit(models[dev, m], yp, where[dev]),
+                                                             yp.shape[0], where[dev])
         del yp
     print(f"# probe ({y_probe.shape[0]} voxels) peak bytes/voxel: "
           + ", ".join(f"{dev} {m} {per_voxel_b[dev, m]:.0f}" for dev in devices for m in methods))
 
-    header = (f"{'device':6s} {'method':10s} {'voxels':>6s} {'runs':>4s} {'best s':>8s} {'median s':>9s} "
-              f"{'fits/s':>9s} {'GB/s':>6s} {'x curve_fit':>11s} {'x bounded':>9s}")
-    print(header)
+    table = Table(("device", "6s"), ("method", "10s"), ("voxels", ">6s"), ("runs", "4d"), ("best s", "8.3f"),
+                  ("median s", "9.3f"), ("fits/s", "9.3g"), ("GB/s", "6.2f"), ("x curve_fit", "11.0f"),
+                  ("x bounded", "9.0f"))
+    print(table.header())
     bias = {}
     written_per_voxel = None
     for n in sizes:
         t = time.perf_counter()
         y_host, r2_true = make_data(n, seed=args.seed)
-        print(f"# generated {_fmt_n(n)} voxels in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        print(f"# generated {fmt_n(n)} voxels in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         for dev in devices:
             y = to_device(y_host, where[dev])
-            avail = _gpu_mem_available() if where[dev] == "gpu" else _mem_available()
+            avail = mem_available(where[dev])
             for m in methods:
-                label = f"{dev:6s} {m:10s} {_fmt_n(n):>6s}"
-                est_s = per_voxel_s[dev, m] * n
-                est_b = per_voxel_b[dev, m] * n
-                if est_b > 0.8 * avail:
-                    print(f"{label}  skipped: needs ~{est_b / 1e9:.2f} GB, over 80 % of the {avail / 1e9:.2f} GB available")
+                skip = over_budget(per_voxel_s[dev, m] * n, per_voxel_b[dev, m] * n, avail, args.max_seconds)
+                if skip:
+                    print(f"{table.row(dev, m, fmt_n(n))}  {skip}")
                     continue
-                if est_s > args.max_seconds:
-                    print(f"{label}  skipped: one run would take ~{est_s:.0f} s > --max-seconds {args.max_seconds:g}")
-                    continue
-                best, med, fit, runs = time_runs(lambda: _fit(models[dev, m], y, where[dev]), args.repeat,
-                                                 args.max_seconds)
+                best, med, fit, runs, _ = time_runs(lambda: _fit(models[dev, m], y, where[dev]), args.repeat,
+                                                    args.max_seconds)
                 per_voxel_s[dev, m] = best / n
                 written = _written_bytes(fit)
                 written_per_voxel = written / n
                 rate = n / best
-                gbs = f"{(int(y.nbytes) + written) / best / 1e9:6.2f}" if m in BANDWIDTH_METHODS else f"{'-':>6s}"
-                print(f"{label} {runs:4d} {best:8.3f} {med:9.3f} {rate:9.3g} {gbs} "
-                      f"{rate / cf_rate[False]:11.0f} {rate / cf_rate[True]:9.0f}", flush=True)
+                gbs = (int(y.nbytes) + written) / best / 1e9 if m in BANDWIDTH_METHODS else None
+                print(table.row(dev, m, fmt_n(n), runs, best, med, rate, gbs, rate / cf_rate[False],
+                                rate / cf_rate[True]), flush=True)
                 status = to_device(fit.status, "cpu")
                 r2_fit = to_device(fit.r2star, "cpu").astype(np.float64)
                 ok = status == STATUS["ok"]
@@ -296,10 +195,7 @@ def main(argv=None):
                 bias[dev, m] = (n, 100.0 * float(np.median(rel)), 100.0 * float(ok.mean()))
                 del fit, status, r2_fit, ok, rel
             del y
-            if where[dev] == "gpu":
-                from invivo.backend import cupy
-
-                cupy.get_default_memory_pool().free_all_blocks()
+            free_gpu(where[dev])
         del y_host, r2_true
         gc.collect()
 
@@ -307,9 +203,10 @@ def main(argv=None):
         print(f"# GB/s counts {ECHO_TIMES_S.size * 4} B/voxel read (float32 echoes) + {written_per_voxel:.0f} B/voxel "
               "written (params, variance, residual, r_squared, r2star_ceiling float32; status, echoes_used uint8)")
     print("\n# median relative R2* bias over status-ok voxels, at the largest size each method ran")
-    print(f"{'device':6s} {'method':10s} {'voxels':>6s} {'bias %':>7s} {'ok %':>6s}")
+    bias_table = Table(("device", "6s"), ("method", "10s"), ("voxels", ">6s"), ("bias %", "7.2f"), ("ok %", "6.2f"))
+    print(bias_table.header())
     for (dev, m), (n, b, okp) in bias.items():
-        print(f"{dev:6s} {m:10s} {_fmt_n(n):>6s} {b:7.2f} {okp:6.2f}")
+        print(bias_table.row(dev, m, fmt_n(n), b, okp))
     return 0
 
 

@@ -54,14 +54,17 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import platform
 import sys
 import threading
 import time
 import warnings
 from datetime import date
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import Table, cpu_count, cpu_name, load_average  # noqa: E402
 
 MR_FOV_MM = (30.0, 26.0, 92.0)
 MR_VOXEL_MM = 0.25
@@ -248,20 +251,9 @@ def tre(matrix, motion, points):
 
 
 # ---------------------------------------------------------------------- main
-def _cpu_name():
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return name
-
-
 def _invivo_source(invivo) -> str:
     """Where invivo was imported from: git commit of its checkout (and whether invivo/ has uncommitted changes)."""
     import subprocess
-    from pathlib import Path
 
     root = Path(invivo.__file__).resolve().parents[1]
     try:
@@ -295,9 +287,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     unknown = [t for t in tools if t not in TOOLS]
-    if unknown or args.cases < 1 or args.threads < 1 or args.repeat < 1:
+    if unknown or args.cases < 1 or args.threads < 1 or args.repeat < 1 or args.points < 1:
         ap.error(f"unknown tool(s) {unknown}; valid: {', '.join(TOOLS)}" if unknown
-                 else "--cases, --threads and --repeat must be >= 1")
+                 else "--cases, --threads, --repeat and --points must be >= 1")
     n_cases = {t: args.cases for t in tools}
     for t in ("ants-rigid", "ants-quick"):
         if args.ants_cases is not None:
@@ -334,15 +326,15 @@ def main(argv=None):
             ants_config.set_ants_deterministic(on=False, seed_value=args.seed + 1)
     import invivo
 
-    cores_used = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"# {date.today().isoformat()}  {len(cores_all)} CPU cores available ({_cpu_name()}), "
+    cores_used = cpu_count()
+    print(f"# {date.today().isoformat()}  {len(cores_all)} CPU cores available ({cpu_name()}), "
           f"{cores_used} used{' (pinned)' if pinned else ''}, {args.threads} ITK threads; numpy {np.__version__}, "
           f"SimpleITK {sitk.Version_VersionString()}, antspyx {ants_version}, invivo {invivo.__version__} ({_invivo_source(invivo)})"
           + (f"; fastest of {args.repeat} runs per case" if args.repeat > 1 else ""))
 
     from invivo.synth.displaced import body_points
 
-    load0 = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load0 = load_average()[0]
 
     t = time.perf_counter()
     ph, mr, cases = make_cases(args.cases, fine_ct=args.fine_ct, seed=args.seed,
@@ -390,11 +382,13 @@ def main(argv=None):
                     a, d = motion_size(motion)
                     print(f"{tool},{name},{c},{a:.2f},{d:.2f},{dt:.3f},{dcpu:.3f},{didle:.3f},{tm:.4f},{tx:.4f},{note}", flush=True)
 
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    load = load_average()[0]
     print(f"# load average (1 min) {load0:.2f} at the start, {load:.2f} at the end: above {cores_used} "
           "means other processes shared the cores (wall times then overstate; CPU times much less)")
-    print(f"{'tool':11s} {'pair':12s} {'cases':>5s} {'median s':>8s} {'max s':>7s} {'CPU s':>6s} {'idle s':>6s} {'TRE mean mm':>11s} "
-          f"{'TRE max mm':>10s} {'failed':>6s}")
+    table = Table(("tool", "11s"), ("pair", "12s"), ("cases", "5d"), ("median s", "8.2f"), ("max s", "7.2f"),
+                  ("CPU s", "6.2f"), ("idle s", "6.2f"), ("TRE mean mm", "11.3f"), ("TRE max mm", "10.3f"),
+                  ("failed", "6d"))
+    print(table.header())
     for name, _ in cases:
         for tool in tools:
             r = [x for x in results if x[0] == tool and x[1] == name]
@@ -406,9 +400,9 @@ def main(argv=None):
             means = np.array([x[4] for x in r])
             maxes = np.array([x[5] for x in r])
             failed = int(np.sum(~(maxes <= args.fail_mm)))
-            print(f"{tool:11s} {name:12s} {len(r):5d} {np.median(secs):8.2f} {secs.max():7.2f} {np.median(cpus):6.2f} {np.median(idles):6.2f} "
-                  f"{np.nanmedian(means) if np.isfinite(means).any() else float('nan'):11.3f} {maxes.max():10.3f} "
-                  f"{failed:6d}", flush=True)
+            print(table.row(tool, name, len(r), np.median(secs), secs.max(), np.median(cpus), np.median(idles),
+                            np.nanmedian(means) if np.isfinite(means).any() else float("nan"), maxes.max(), failed),
+                  flush=True)
     notes = sorted({(x[0], x[6]) for x in results if x[6] and x[6] != "good"})
     for tool, note in notes:
         print(f"# {tool}: {note}")
