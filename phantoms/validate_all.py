@@ -21,10 +21,13 @@ def main(argv=None) -> int:
     for script in scripts:
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        out = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+        err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+        # the summary line, or where the script stopped without one: its last error line (one line, not a traceback)
+        last = out[-1] if out and out[-1].startswith(("PASSED", "FAILED")) else (err or out or ["no output"])[-1]
         status = "PASS" if proc.returncode == 0 else "FAIL"
         failed += proc.returncode != 0
-        print(f"{script.name:28s} {status:8s} {time.perf_counter() - t:8.1f}  {lines[-1] if lines else proc.stderr[-200:]}")
+        print(f"{script.name:28s} {status:8s} {time.perf_counter() - t:8.1f}  {last}")
     return 1 if failed else 0
 
 

@@ -54,12 +54,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import fmt_err as _fmt_err, guarded as _guarded, rel as _rel, render  # noqa: E402
-from _report import fmt as _fmt_any  # noqa: E402
-
-
-def _fmt(v) -> str:
-    return _fmt_any(v, 8)
+import _report  # noqa: E402
+from _report import guarded as _guarded, rel as _rel  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- constants
@@ -140,57 +136,18 @@ DEFAULT_SEED = 2025
 
 
 # ----------------------------------------------------------------------------- the table
-@dataclass
-class Row:
-    case: str
-    model: str
-    quantity: str
-    truth: object
-    recovered: object
-    error: float | None
-    tolerance: float | None
-    scale: str  # "rel", "abs", "log" or "" (no number)
-    status: str  # PASS, FAIL, INFO or SKIP
+class Table(_report.GroupedTable):
+    digits = 8
+    group = "model"
 
-
-class Table:
-    def __init__(self):
-        self.rows: list[Row] = []
-        self.notes: list[str] = []
-
-    def check(self, case, model, quantity, truth, recovered, error, tolerance, scale="rel") -> Row:
-        ok = error is not None and math.isfinite(error) and error <= tolerance
-        row = Row(case, model, quantity, truth, recovered, error, tolerance, scale, "PASS" if ok else "FAIL")
-        self.rows.append(row)
-        return row
-
-    def rel_check(self, case, model, quantity, truth, recovered, tolerance) -> Row:
+    def rel_check(self, case, model, quantity, truth, recovered, tolerance) -> _report.Row:
         r = float(recovered)
         err = _rel(r, truth) if math.isfinite(r) else math.inf
         return self.check(case, model, quantity, truth, r, err, tolerance)
 
-    def info(self, case, model, quantity, truth, recovered, error=None, scale="rel", status="INFO") -> Row:
-        row = Row(case, model, quantity, truth, recovered, error, None, scale, status)
-        self.rows.append(row)
-        return row
-
-    def skip(self, case, model, quantity, why) -> Row:
+    def skip(self, case, model, quantity, why) -> _report.Row:
         self.notes.append(f"{case}: {model}: {why}")
         return self.info(case, model, quantity, "-", "-", None, "", "SKIP")
-
-    def fail(self, case, quantity, message) -> None:
-        self.rows.append(Row(case, "-", quantity, "-", "-", None, None, "", "FAIL"))
-        self.notes.append(f"{case}: {message}")
-
-    @property
-    def failed(self) -> bool:
-        return any(r.status == "FAIL" for r in self.rows)
-
-    def text(self) -> str:
-        head = ("case", "model", "quantity", "truth", "recovered", "error", "tolerance", "status")
-        cells = [(r.case, r.model, r.quantity, _fmt(r.truth), _fmt(r.recovered), _fmt_err(r.error, r.scale),
-                  _fmt_err(r.tolerance, r.scale), r.status) for r in self.rows]
-        return render(head, cells, {3, 4, 5, 6})
 
 
 # ----------------------------------------------------------------------------- the scan
@@ -316,7 +273,15 @@ def noise_free_case(name: str, scan: Scan):
         truth = dict(p, auc_0_28=stein_auc_quad(28.0, p), half_life_alpha_d=math.log(2) / p["alpha_per_d"],
                      half_life_beta_d=math.log(2) / p["beta_per_d"])
         return m.fit(t, m.simulate(t, **p), region="blood"), truth
-    raise KeyError(name)
+    raise _no_truth(name)
+
+
+def _no_truth(name: str):
+    """The error for a model of invivo.kinetics.MODELS that this script has no truth for (a FAIL row)."""
+    from invivo.errors import ParameterError
+
+    return ParameterError(f"model {name!r} is in invivo.kinetics.MODELS but phantoms/validate_kinetics.py has no "
+                          "truth for it: add it to noise_free_case() and noise_setup()")
 
 
 def _model_available(name: str):
@@ -494,7 +459,7 @@ def noise_setup(name: str, scan: Scan):
                      half_life_beta_d=math.log(2) / P["beta_per_d"])
         return truth, ("tmax_d", "cmax", "alpha_per_d", "auc_0_28", "half_life_beta_d"), \
             lambda rng: m.fit(t, y * np.exp(NOISE_CELLS * rng.standard_normal(y.size)))
-    raise KeyError(name)
+    raise _no_truth(name)
 
 
 def robust_sd(v) -> float:
@@ -912,7 +877,7 @@ def _parse(argv):
     p = argparse.ArgumentParser(prog="validate_kinetics.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="20 noisy fits per model (8 for 2tcm, 10 for mab-pk), 2,000-voxel noisy maps (< 60 s)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    p.add_argument("--seed", type=_report.int_at_least(0), default=DEFAULT_SEED,
                    help=f"noise seed (default {DEFAULT_SEED}); the tolerances hold for any seed with high probability")
     return p.parse_args(argv)
 
@@ -967,16 +932,7 @@ def main(argv=None) -> int:
           f"{TOL_LOGAN_VT:.0%}; 1TCM vs ODE within its discretisation bound, fit {TOL_ODE_FIT:g};")
     print(f"  4 maps noise-free: Patlak / Logan {TOL_MAP_EXACT:g}, compartment and SRTM {TOL_MAP_COMPARTMENT:g} "
           f"(vB {TOL_MAP_VB_ABS:g} absolute); noisy: median relative error as in 2;  5 TAC {TOL_TAC:g} relative")
-    print()
-    print(table.text())
-    if table.notes:
-        print()
-        for note in table.notes:
-            print(f"note: {note}")
-    counts = {s: sum(r.status == s for r in table.rows) for s in ("PASS", "FAIL", "INFO", "SKIP")}
-    print(f"{'FAILED' if counts['FAIL'] else 'PASSED'}: {counts['PASS']} pass, {counts['FAIL']} fail, "
-          f"{counts['INFO']} info, {counts['SKIP']} skipped; {seconds:.1f} s")
-    return 1 if counts["FAIL"] else 0
+    return _report.finish(table, seconds, {"INFO": "info", "SKIP": "skipped"})
 
 
 if __name__ == "__main__":

@@ -49,21 +49,14 @@ import math
 import sys
 import tempfile
 import time
-import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import fmt_err as _fmt_err, guarded as _guarded, rel as _rel, render  # noqa: E402
-from _report import fmt as _fmt_any  # noqa: E402
+import _report  # noqa: E402
+from _report import guarded as _guarded, rel as _rel  # noqa: E402
 
-
-def _fmt(v) -> str:
-    return _fmt_any(v, 8)
-
-REPO = Path(__file__).resolve().parents[1]
 
 # ----------------------------------------------------------------------------- constants
 #: 8 echoes, 2-23 ms every 3 ms (the issue's protocol), written as the decimals DICOM stores.
@@ -103,51 +96,12 @@ DEFAULT_SEED = 2025
 
 
 # ----------------------------------------------------------------------------- the table
-@dataclass
-class Row:
-    case: str
-    method: str
-    quantity: str
-    truth: object
-    recovered: object
-    error: float | None
-    tolerance: float | None
-    scale: str  # "rel", "abs" or "" (no number)
-    status: str  # PASS, FAIL, INFO, BELOW or SKIP
+class Table(_report.GroupedTable):
+    digits = 8
+    group = "method"
 
 
-class Table:
-    def __init__(self):
-        self.rows: list[Row] = []
-        self.notes: list[str] = []
-
-    def check(self, case, method, quantity, truth, recovered, error, tolerance, scale="rel") -> Row:
-        ok = error is not None and math.isfinite(error) and error <= tolerance
-        row = Row(case, method, quantity, truth, recovered, error, tolerance, scale, "PASS" if ok else "FAIL")
-        self.rows.append(row)
-        return row
-
-    def info(self, case, method, quantity, truth, recovered, error=None, scale="rel", status="INFO") -> Row:
-        row = Row(case, method, quantity, truth, recovered, error, None, scale, status)
-        self.rows.append(row)
-        return row
-
-    def fail(self, case, quantity, message) -> None:
-        self.rows.append(Row(case, "-", quantity, "-", "-", None, None, "", "FAIL"))
-        self.notes.append(f"{case}: {message}")
-
-    @property
-    def failed(self) -> bool:
-        return any(r.status == "FAIL" for r in self.rows)
-
-    def text(self) -> str:
-        head = ("case", "method", "quantity", "truth", "recovered", "error", "tolerance", "status")
-        cells = [head] + [(r.case, r.method, r.quantity, _fmt(r.truth), _fmt(r.recovered), _fmt_err(r.error, r.scale),
-                           _fmt_err(r.tolerance, r.scale), r.status) for r in self.rows]
-        return render(head, cells[1:], {3, 4, 5, 6})
-
-
-def _worst(table, case, method, quantity, entries, scale="rel") -> Row:
+def _worst(table, case, method, quantity, entries, scale="rel") -> _report.Row:
     """One row for many regions: the entry (name, truth, recovered, error, tol) closest to its tolerance."""
     name, t, r, e, tol = max(entries, key=lambda x: (x[3] / x[4]) if x[4] > 0 else (math.inf if x[3] > 0 else 0.0))
     return table.check(case, method, f"{quantity} (worst: {name})", t, r, e, tol, scale)
@@ -438,7 +392,10 @@ def onto_grid(data: np.ndarray, affine: np.ndarray, ref_affine: np.ndarray, ref_
     src = m[:3, :3] @ ijk + m[:3, 3:4]
     idx = np.rint(src)
     if np.max(np.abs(src - idx)) > 1e-3 or idx.min() < 0 or np.any(idx.max(axis=1) >= np.array(data.shape[:3])):
-        raise ValueError(f"the grids do not correspond voxel for voxel:\n{affine}\nvs\n{ref_affine}")
+        from invivo.errors import ParameterError
+
+        raise ParameterError(f"an image read back is not on the phantom's grid voxel for voxel (affine "
+                             f"{affine.tolist()} vs {ref_affine.tolist()}): the DICOM or NIfTI round trip moved it")
     i, j, k = idx.astype(np.intp)
     return data[i, j, k].reshape(tuple(ref_shape)[:3] + data.shape[3:])
 
@@ -551,7 +508,7 @@ def _parse(argv):
     p = argparse.ArgumentParser(prog="validate_r2star.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="16-slice phantoms and three methods' noise rows instead of 32 slices and all (< 25 s)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    p.add_argument("--seed", type=_report.int_at_least(0), default=DEFAULT_SEED,
                    help=f"noise seed (default {DEFAULT_SEED}); the tolerances hold for any seed with high probability")
     return p.parse_args(argv)
 
@@ -596,16 +553,7 @@ def main(argv=None) -> int:
           f"per-voxel limit 3 sqrt(sd_pre^2 + sd_post^2) (CRLB);")
     print(f"  5 |R2* CLI - R2* in memory| <= {ROUNDING_SAFETY:g} x (sum_e |dR2*/dy_e| x half a uint16 step + "
           f"|dR2*/dsigma| x |dsigma|) + {ROUNDING_FLOOR_S:g} s-1 per voxel (linearised Rician-mean fit)")
-    print()
-    print(table.text())
-    if table.notes:
-        print()
-        for note in table.notes:
-            print(f"note: {note}")
-    counts = {s: sum(r.status == s for r in table.rows) for s in ("PASS", "FAIL", "INFO", "BELOW", "SKIP")}
-    print(f"{'FAILED' if counts['FAIL'] else 'PASSED'}: {counts['PASS']} pass, {counts['FAIL']} fail, "
-          f"{counts['INFO']} info, {counts['BELOW']} below limit; {seconds:.1f} s")
-    return 1 if counts["FAIL"] else 0
+    return _report.finish(table, seconds, {"INFO": "info", "BELOW": "below limit"})
 
 
 if __name__ == "__main__":

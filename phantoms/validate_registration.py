@@ -56,11 +56,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import fmt as _fmt_any, fmt_err as _fmt_err, guarded as _guarded, render  # noqa: E402
-
-
-def _fmt(v) -> str:
-    return _fmt_any(v, 6)
+import _report  # noqa: E402
+from _report import guarded as _guarded  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- constants
@@ -100,47 +97,9 @@ QUICK = Mode(fixed_mm=0.5, pairs=(("PET", 1.0), ("SPECT", 1.2), ("CT", 0.8)), ca
 
 
 # ----------------------------------------------------------------------------- the table
-@dataclass
-class Row:
-    case: str
-    quantity: str
-    truth: object
-    recovered: object
-    error: float | None
-    tolerance: float | None
-    scale: str  # "abs" (mm, or what the quantity says), "rel" or "" (no number)
-    status: str  # PASS, FAIL or INFO
-
-
-class Table:
-    def __init__(self):
-        self.rows: list[Row] = []
-        self.notes: list[str] = []
-
-    def check(self, case, quantity, truth, recovered, error, tolerance, scale="abs") -> Row:
-        ok = error is not None and math.isfinite(error) and error <= tolerance
-        row = Row(case, quantity, truth, recovered, error, tolerance, scale, "PASS" if ok else "FAIL")
-        self.rows.append(row)
-        return row
-
-    def info(self, case, quantity, truth, recovered, error=None, scale="abs") -> Row:
-        row = Row(case, quantity, truth, recovered, error, None, scale, "INFO")
-        self.rows.append(row)
-        return row
-
-    def fail(self, case, quantity, message) -> None:
-        self.rows.append(Row(case, quantity, "-", "-", None, None, "", "FAIL"))
-        self.notes.append(f"{case}: {message}")
-
-    @property
-    def failed(self) -> bool:
-        return any(r.status == "FAIL" for r in self.rows)
-
-    def text(self) -> str:
-        head = ("case", "quantity", "truth", "recovered", "error", "tolerance", "status")
-        cells = [(r.case, r.quantity, _fmt(r.truth), _fmt(r.recovered), _fmt_err(r.error, r.scale),
-                  _fmt_err(r.tolerance, r.scale), r.status) for r in self.rows]
-        return render(head, cells, {2, 3, 4, 5})
+class Table(_report.Table):
+    digits = 6
+    scale = info_scale = "abs"  # mm, or what the quantity says
 
 
 # ----------------------------------------------------------------------------- truth
@@ -453,8 +412,9 @@ def _parse(argv):
     p = argparse.ArgumentParser(prog="validate_registration.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="MR 0.5 mm, PET 1.0, SPECT 1.2, CT 0.8 mm, 2 cases per pair (< 60 s)")
-    p.add_argument("--cases", type=int, default=None, help="cases (random motions) per pair (default 20; quick 2)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    p.add_argument("--cases", type=_report.int_at_least(1), default=None,
+                   help="cases (random motions) per pair (default 20; quick 2)")
+    p.add_argument("--seed", type=_report.int_at_least(0), default=DEFAULT_SEED,
                    help=f"seed of the motions, body points and noise (default {DEFAULT_SEED})")
     return p.parse_args(argv)
 
@@ -467,7 +427,7 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     mode = QUICK if args.quick else FULL
-    n_cases = mode.cases if args.cases is None else max(1, args.cases)
+    n_cases = mode.cases if args.cases is None else args.cases
     table = Table()
     phantom = mouse_phantom(voxel_size_mm=1.0)  # only its ellipsoids are used: every image is rendered analytically
     points = target_points(phantom, args.seed)
@@ -498,15 +458,7 @@ def main(argv=None) -> int:
           f"max <= {TOL_MAX_VOXELS:g} moving voxel per case (issue); quality 'failed' or an error is a FAIL;")
     print(f"  5 sidecar vs .tfm {TOL_MATRIX:g} per element, points {TOL_POINTS_MM:g} mm; invivo resample vs "
           f"register --out-image {TOL_IMAGE_REL:g} of the image maximum; truth and recovered: rotation, translation")
-    print()
-    print(table.text())
-    print()
-    for note in table.notes:
-        print(f"note: {note}")
-    counts = {s: sum(r.status == s for r in table.rows) for s in ("PASS", "FAIL", "INFO")}
-    print(f"{'FAILED' if counts['FAIL'] else 'PASSED'}: {counts['PASS']} pass, {counts['FAIL']} fail, "
-          f"{counts['INFO']} info; {seconds:.1f} s")
-    return 1 if counts["FAIL"] else 0
+    return _report.finish(table, seconds, {"INFO": "info"})
 
 
 if __name__ == "__main__":

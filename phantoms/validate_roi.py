@@ -38,7 +38,6 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,8 @@ from scipy import stats as sps
 from scipy.integrate import quad
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import fmt as _fmt_any, fmt_err as _fmt_err, guarded as _guarded, render  # noqa: E402
+import _report  # noqa: E402
+from _report import guarded as _guarded  # noqa: E402
 
 F = 2.0 * math.sqrt(2.0 * math.log(2.0))  # FWHM / sigma
 SEED = 20250601
@@ -61,51 +61,9 @@ TOL_FIT = {0.5: 0.006, 0.25: 0.003}
 RIM_MM = 1.0
 
 
-def _fmt(v) -> str:
-    return _fmt_any(v, 8)
-
-
-@dataclass
-class Row:
-    case: str
-    quantity: str
-    truth: object
-    recovered: object
-    error: float | None
-    tolerance: float | None
-    scale: str
-    status: str
-
-
-class Table:
-    def __init__(self):
-        self.rows: list[Row] = []
-        self.notes: list[str] = []
-
-    def check(self, case, quantity, truth, recovered, error, tolerance, scale="abs") -> Row:
-        ok = error is not None and math.isfinite(error) and error <= tolerance
-        row = Row(case, quantity, truth, recovered, error, tolerance, scale, "PASS" if ok else "FAIL")
-        self.rows.append(row)
-        return row
-
-    def info(self, case, quantity, truth, recovered, error=None, scale="rel") -> Row:
-        row = Row(case, quantity, truth, recovered, error, None, scale, "INFO")
-        self.rows.append(row)
-        return row
-
-    def fail(self, case, quantity, message) -> None:
-        self.rows.append(Row(case, quantity, "-", "-", None, None, "", "FAIL"))
-        self.notes.append(f"{case}: {message}")
-
-    @property
-    def failed(self) -> bool:
-        return any(r.status == "FAIL" for r in self.rows)
-
-    def text(self) -> str:
-        head = ("case", "quantity", "truth", "recovered", "error", "tolerance", "status")
-        cells = [(r.case, r.quantity, _fmt(r.truth), _fmt(r.recovered), _fmt_err(r.error, r.scale),
-                  _fmt_err(r.tolerance, r.scale), r.status) for r in self.rows]
-        return render(head, cells, {2, 3, 4, 5})
+class Table(_report.Table):
+    digits = 8
+    scale = "abs"
 
 
 def fwhm_eff(fwhm: float, h: float, boxes: int = 1) -> float:
@@ -382,16 +340,7 @@ def main(argv=None) -> int:
     print("  SOR vs the infinite cold rod 2e-3; rendered sphere RC 5e-3; corrected sphere mean 2 %;")
     print(f"  tumour (first order in h / rim): excluded index 0.5 h/rim, uniform 0.2 h/rim, blurred vs analytic "
           f"0.25 h/rim (rim {RIM_MM:g} mm); exponential profile bins 0.48 h/mm (first bin), 0.24 h/mm")
-    print()
-    print(table.text())
-    if table.notes:
-        print()
-        for note in table.notes:
-            print(f"note: {note}")
-    counts = {s: sum(r.status == s for r in table.rows) for s in ("PASS", "FAIL", "INFO")}
-    print(f"{'FAILED' if counts['FAIL'] else 'PASSED'}: {counts['PASS']} pass, {counts['FAIL']} fail, "
-          f"{counts['INFO']} info; {seconds:.1f} s")
-    return 1 if counts["FAIL"] else 0
+    return _report.finish(table, seconds, {"INFO": "info"})
 
 
 if __name__ == "__main__":

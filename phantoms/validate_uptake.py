@@ -37,19 +37,14 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import fmt_err as _fmt_err, guarded as _guarded, rel as _rel, render  # noqa: E402
-from _report import fmt as _fmt_any  # noqa: E402
-
-
-def _fmt(v) -> str:
-    return _fmt_any(v, 10)
+import _report  # noqa: E402
+from _report import guarded as _guarded, rel as _rel  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data"
@@ -94,46 +89,10 @@ QUANT_SLACK_REL = 1e-12
 
 
 # ----------------------------------------------------------------------------- the table
-@dataclass
-class Row:
-    case: str
-    quantity: str
-    truth: object
-    recovered: object
-    error: float | None
-    tolerance: float | None
-    scale: str  # "rel" or "abs"
-    status: str  # PASS, FAIL or SKIP
-
-
-class Table:
-    def __init__(self):
-        self.rows: list[Row] = []
-        self.notes: list[str] = []
-
-    def check(self, case, quantity, truth, recovered, error, tolerance, scale="rel") -> Row:
-        ok = error is not None and math.isfinite(error) and error <= tolerance
-        row = Row(case, quantity, truth, recovered, error, tolerance, scale, "PASS" if ok else "FAIL")
-        self.rows.append(row)
-        return row
-
-    def fail(self, case, quantity, message) -> None:
-        self.rows.append(Row(case, quantity, "-", "-", None, None, "", "FAIL"))
-        self.notes.append(f"{case}: {message}")
-
+class Table(_report.Table):
     def skip(self, case, reason) -> None:
-        self.rows.append(Row(case, "skipped (see note)", "-", "-", None, None, "", "SKIP"))
+        self.add(case, "skipped (see note)", "-", "-", None, None, "", "SKIP")
         self.notes.append(f"SKIP {case}: {reason}")
-
-    @property
-    def failed(self) -> bool:
-        return any(r.status == "FAIL" for r in self.rows)
-
-    def text(self) -> str:
-        head = ("case", "quantity", "truth", "recovered", "error", "tolerance", "status")
-        cells = [head] + [(r.case, r.quantity, _fmt(r.truth), _fmt(r.recovered), _fmt_err(r.error, r.scale),
-                           _fmt_err(r.tolerance, r.scale), r.status) for r in self.rows]
-        return render(head, cells[1:], {2, 3, 4, 5})
 
 
 # ----------------------------------------------------------------------------- 1. IBSI DROs
@@ -170,8 +129,8 @@ def validate_dros(table: Table, data_dir: Path) -> None:
             table.notes.append(f"{case}: {w.category.__name__}: {w.message}")
         if case == "DRO_3_0":  # the dose is stored in MBq: invivo must say it converted it
             warned = any("MBq" in str(w.message) for w in caught) and any("MBq" in a for a in pet.meta.assumptions)
-            table.rows.append(Row(case, "dose in MBq noted", "warned", "warned" if warned else "silent", None, None,
-                                  "", "PASS" if warned else "FAIL"))
+            table.add(case, "dose in MBq noted", "warned", "warned" if warned else "silent", None, None, "",
+                      "PASS" if warned else "FAIL")
 
 
 # ----------------------------------------------------------------------------- 2. synthetic mouse
@@ -426,22 +385,12 @@ def main(argv=None) -> int:
     print(f"  {NOISE_REL_SD:.0%} voxel noise (seeded): |rel err| <= {TOL_NOISE_REL:g} for organs of more than "
           f"{MIN_VOXELS_NOISY} voxels.  %ID/g = C / A_ref x 100, A_ref as for SUV (QIBA): for NONE the activity at "
           "each frame start.")
-    print()
-    print(table.text())
-    if table.notes:
-        print()
-        for note in table.notes:
-            print(f"note: {note}")
-    rt = [r for r in round_trip if r]
-    if rt:
-        print()
-        print(f"measured noise-free round trip: largest organ-mean relative error {max(r['worst'] for r in rt):.2e}; "
-              f"hottest organ {max(r['hot'] for r in rt):.2e} (its bound {max(r['hot_bound'] for r in rt):.2e})")
-    n_fail = sum(r.status == "FAIL" for r in table.rows)
-    n_pass = sum(r.status == "PASS" for r in table.rows)
-    n_skip = sum(r.status == "SKIP" for r in table.rows)
-    print(f"{'FAILED' if n_fail else 'PASSED'}: {n_pass} pass, {n_fail} fail, {n_skip} skip; {seconds:.1f} s")
-    return 1 if n_fail else 0
+    extra = []
+    if round_trip:
+        worst, hot, bound = (max(r[k] for r in round_trip) for k in ("worst", "hot", "hot_bound"))
+        extra.append(f"measured noise-free round trip: largest organ-mean relative error {worst:.2e}; "
+                     f"hottest organ {hot:.2e} (its bound {bound:.2e})")
+    return _report.finish(table, seconds, {"SKIP": "skip"}, extra)
 
 
 if __name__ == "__main__":
