@@ -96,6 +96,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InvivoError, InvivoWarning, OutputExistsError, ParameterError
+from .uptake import _ACTIVITY_UNITS, _norm_units
 
 __all__ = ["Study", "ScanDef", "RoiDef", "InjectionDef", "SubjectDef", "load_study", "run", "StudyResult",
            "SCAN_KINDS", "MEASURES"]
@@ -692,18 +693,12 @@ def _apply_injection(vol, inj: InjectionDef | None, subj: SubjectDef, notes: lis
                          f"(DICOM: {tr.injected_activity_bq})")
             tr.injected_activity_bq, changed = inj.activity_bq, True
         if inj.residual_bq:
-            if tr.injected_activity_bq is None or tr.injection_datetime is None:
-                raise ParameterError(f"{subj.id}: a syringe residual needs the injected activity and time")
-            hl = tr.half_life_s or lookup(tr.isotope).half_life_s
-            when = inj.residual_time or tr.injection_datetime
-            res_at_inj = inj.residual_bq * 2.0 ** ((when - tr.injection_datetime).total_seconds() / hl)
-            net = tr.injected_activity_bq - res_at_inj
-            if not net > 0:
-                raise ParameterError(f"{subj.id}: the syringe residual ({inj.residual_bq / 1e6:.4g} MBq) is not less "
-                                     "than the injected activity")
-            notes.append(f"net injected activity {net / 1e6:.4g} MBq (residual {res_at_inj / 1e6:.4g} MBq at injection "
-                         "subtracted)")
-            tr.injected_activity_bq, tr.residual_activity_bq, changed = net, None, True
+            # invivo.uptake nets the residual out (decayed from its own measurement time)
+            notes.append(f"syringe residual {inj.residual_bq / 1e6:.4g} MBq from the study file "
+                         f"(DICOM: {tr.residual_activity_bq})")
+            tr.residual_activity_bq = inj.residual_bq
+            tr.residual_datetime = inj.residual_time or tr.residual_datetime or tr.injection_datetime
+            changed = True
     meta.tracer = tr
     sub = meta.subject or Subject()
     if subj.weight_g is not None and sub.weight_kg is None:
@@ -717,7 +712,7 @@ def _apply_injection(vol, inj: InjectionDef | None, subj: SubjectDef, notes: lis
     if changed:  # derived factors from the header no longer hold: recompute from the tracer record
         meta.reference_activity_bq = None
         meta.suv_bw_factor = None
-    return vol.with_data(vol.data, **{}) if False else type(vol)(vol.data, vol.affine, meta)
+    return type(vol)(vol.data, vol.affine, meta)
 
 
 def _anatomy(vol):
@@ -871,62 +866,67 @@ class _Subject:
         return t
 
     # ----------------------------------------------------------------- ROIs
-    def rois_on(self, ses: str, kind: str, image=None) -> dict[str, Any]:
-        """Boolean ROI Volumes on the grid of image ``(ses, kind)`` (drawn in baseline space)."""
-        from .align import resample
+    def base_masks(self) -> dict[str, Any]:
+        """The subject's label, sphere and RTSTRUCT ROIs as boolean Volumes in baseline space (built once)."""
+        if "base_masks" in self.maps:
+            return self.maps["base_masks"]
+        from . import io
         from .volume import Volume
 
-        vol = image if image is not None else self.vols[(ses, kind)][0]
         base_kind = self.anatomy_kind(self.baseline)
-        base = self.vols[(self.baseline, base_kind)][0] if base_kind else vol
-        to_img = self.baseline_to(ses, kind) if base_kind else None
+        base = self.vols[(self.baseline, base_kind)][0] if base_kind else None
+        labels: dict[Path, Any] = {}
         out: dict[str, Any] = {}
         for r in self.study.rois:
             if r.subject not in (None, self.sid) or r.threshold is not None:
                 continue
             if r.labels is not None:
-                lab = self._labels(r.labels)
-                m = Volume(np.isin(np.asarray(lab.data), r.label), lab.affine, lab.meta)
-            elif r.sphere is not None:
-                from .roi import sphere_kernel  # noqa: F401  (same geometry convention)
-
+                if r.labels not in labels:
+                    labels[r.labels] = io.load(r.labels)
+                lab = labels[r.labels]
+                out[r.name] = Volume(np.isin(np.asarray(lab.data), r.label), lab.affine)
+                continue
+            if base is None:
+                raise ParameterError(f"ROI {r.name!r} (study file line {r.line}): a sphere or RTSTRUCT ROI is drawn on "
+                                     f"the baseline MR, and {self.sid} has no MR or CT in ses-{self.baseline}")
+            if r.sphere is not None:
                 ijk = np.indices(base.spatial_shape).reshape(3, -1).T
                 xyz = ijk @ base.affine[:3, :3].T + base.affine[:3, 3]
                 inside = np.linalg.norm(xyz - np.asarray(r.sphere), axis=1) <= r.radius_mm
-                m = Volume(inside.reshape(base.spatial_shape), base.affine)
+                out[r.name] = Volume(inside.reshape(base.spatial_shape), base.affine)
             else:
-                from .io import load_rtstruct
-
-                structs = load_rtstruct(r.rtstruct, base)
+                structs = io.load_rtstruct(r.rtstruct, base)
                 if r.structure not in structs:
                     raise ParameterError(f"{r.rtstruct}: no structure {r.structure!r} (has {', '.join(structs)}); "
                                          f"fix the [[roi]] structure on line {r.line}")
-                m = structs[r.structure]
-            if to_img is None:
-                mm = m if m.same_grid(vol) else None
-                if mm is None:
-                    raise ParameterError(f"ROI {r.name!r}: no anatomy to carry it to {kind} of ses-{ses}")
-            else:
-                mm = resample(Volume(np.asarray(m.data).astype(np.uint8), m.affine), vol, to_img.inverse(),
-                              interpolation="nearest")
-            data = np.asarray(mm.data).astype(bool)
-            out[r.name] = Volume(data, vol.affine)
+                out[r.name] = structs[r.structure]
+        self.maps["base_masks"] = out
+        return out
+
+    def rois_on(self, ses: str, kind: str, image=None) -> dict[str, Any]:
+        """Boolean ROI Volumes on the grid of image ``(ses, kind)``: the baseline-space ROIs carried through the
+        chained transforms (nearest neighbour), then the threshold ROIs on the image itself."""
+        from .align import resample
+        from .roi import threshold_mask
+        from .volume import Volume
+
+        vol = image if image is not None else self.vols[(ses, kind)][0]
+        has_anatomy = self.anatomy_kind(self.baseline) is not None
+        out: dict[str, Any] = {}
+        for name, m in self.base_masks().items():
+            if has_anatomy:
+                m = resample(Volume(np.asarray(m.data).astype(np.uint8), m.affine), vol,
+                             self.baseline_to(ses, kind).inverse(), interpolation="nearest")
+            elif not m.same_grid(vol):
+                raise ParameterError(f"ROI {name!r}: {self.sid} has no baseline MR or CT to carry it to the {kind} "
+                                     f"of ses-{ses}, and its grid is not that image's")
+            out[name] = Volume(np.asarray(m.data).astype(bool), vol.affine)
         for r in self.study.rois:
             if r.threshold is None or r.subject not in (None, self.sid) or r.kind != kind:
                 continue
-            from .roi import threshold_mask
-
             out[r.name] = threshold_mask(vol if vol.data.ndim == 3 else vol.frame(vol.data.shape[3] - 1),
                                          out[r.within], percent_of_max=r.threshold)
         return out
-
-    def _labels(self, p: Path):
-        key = ("labels", str(p))
-        if key not in self.maps:
-            from . import io
-
-            self.maps[key] = io.load(p)
-        return self.maps[key]
 
     # ----------------------------------------------------------------- measures
     def add(self, ses, modality, roi, measure, value, *, sd=None, n_voxels=None, volume_ml=None):
@@ -965,7 +965,10 @@ class _Subject:
                     maps[u] = mp
                 self.maps[(ses, em)] = maps
                 self.maps[(ses, em, "masks")] = masks
-                act = None
+                bq_factor = _ACTIVITY_UNITS.get(_norm_units(vol.meta.units))
+                if bq_factor is None:
+                    self.notes.append(f"ses-{ses} {em}: stored in {vol.meta.units!r}, not an activity concentration: "
+                                      "no ROI activity and no cells from PET")
                 for name, m in masks.items():
                     if not np.asarray(m.data).any():
                         self.notes.append(f"ses-{ses} {em}: ROI {name} is empty on this image")
@@ -979,9 +982,10 @@ class _Subject:
                         if u == "idg":
                             self.add(ses, em, name, "idg_peak", s["peak"])
                             self.add(ses, em, name, "percent_id", s["mean"] * s["volume_ml"] * self.study.density_g_per_ml)
+                    if bq_factor is None:
+                        continue
                     sa = roi.stats(vol, m)
-                    bq_per_ml = float(sa["mean"]) * _bq_per_ml_factor(vol)
-                    act = bq_per_ml * sa["volume_ml"]
+                    act = float(sa["mean"]) * bq_factor * sa["volume_ml"]
                     self.add(ses, em, name, "activity_bq", act, volume_ml=sa["volume_ml"], n_voxels=sa["n_voxels"])
                     if (cells_cfg is not None and self.inj is not None and self.inj.cells
                             and (not cells_cfg.get("rois") or name in cells_cfg["rois"])):
@@ -1008,8 +1012,7 @@ class _Subject:
         from . import io, roi
         from .align import resample
         from .relax import R2StarModel
-        from .relax.iron import (cell_count, delta_r2star, detection_limit, iron_concentration, iron_mass_ug,
-                                 r2star_sd_from_noise)
+        from .relax.iron import cell_count, delta_r2star, iron_concentration, iron_mass_ug, r2star_sd_from_noise
 
         cfg = self.study.r2star
         if cfg is None:
@@ -1034,12 +1037,18 @@ class _Subject:
                 model = R2StarModel(vol.meta.echo_times_s, **({"method": cfg["method"]} if cfg.get("method") else {}))
                 fit = model.fit(vol)
                 r2 = fit.volume("r2star")
-                sd_data = r2star_sd_from_noise(np.asarray(fit.s0), vol.meta.echo_times_s, np.asarray(fit.r2star),
-                                               fit.sigma if fit.sigma else 1.0)
                 from .volume import Meta, Volume
 
-                sd = Volume(np.asarray(getattr(sd_data, "data", sd_data), dtype=np.float32), vol.affine,
-                            Meta(modality="MR", units="s-1", series_description="R2* SD from noise"))
+                if fit.sigma is None:  # no background to estimate the noise from: no SDs, said so
+                    sd_data = np.full(vol.spatial_shape, np.nan, dtype=np.float32)
+                    self.notes.append(f"ses-{ses}: no noise estimate for the R2* fit: no R2* SD map, no cell SDs")
+                else:
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        sd_data = np.asarray(r2star_sd_from_noise(np.asarray(fit.s0), vol.meta.echo_times_s,
+                                                                  np.asarray(fit.r2star), fit.sigma), dtype=np.float32)
+                    sd_data[~np.isfinite(sd_data) | np.asarray(fit.failed)] = np.nan  # no fit, no SD
+                sd = Volume(sd_data, vol.affine, Meta(modality="MR", units="s-1",
+                                                      series_description="R2* SD from noise (Cramer-Rao)"))
                 io.save(r2, path, overwrite=True, inputs=[sc.path], parameters={"method": model.method})
                 io.save(sd, sig_path, overwrite=True, inputs=[sc.path], parameters={"method": model.method,
                                                                                    "sigma": fit.sigma})
@@ -1071,7 +1080,7 @@ class _Subject:
             # post -> pre grid: pre points -> baseline -> post
             t = self.baseline_to(ses, "mge") @ self.baseline_to(pre, "mge").inverse()
             post = resample(r2, pre_r2, t)
-            post_sd = resample(sd, pre_r2, t)
+            post_sd = resample(sd, pre_r2, t, interpolation="nearest", default_value=np.nan)
             d = delta_r2star(pre_r2, post)
             fe = iron_concentration(d, relaxivity=rel)
             for nm, v, unit in (("dR2starmap", d, "s-1"), ("ironmap", fe, "mM")):
@@ -1097,9 +1106,13 @@ class _Subject:
                 if pg:
                     n = float(cell_count(ug, pg_fe_per_cell=pg))
                     # uncertainty of the ROI sum from the per-voxel R2* SDs (independent voxels)
-                    sd_pre = np.asarray(pre_sd.data)[mdat]
-                    sd_post = np.asarray(post_sd.data)[mdat]
-                    var_d = float(np.sum(sd_pre.astype(np.float64) ** 2 + sd_post.astype(np.float64) ** 2))
+                    var_vox = (np.asarray(pre_sd.data)[mdat].astype(np.float64) ** 2
+                               + np.asarray(post_sd.data)[mdat].astype(np.float64) ** 2)
+                    n_nan = int((~np.isfinite(var_vox)).sum())
+                    if n_nan:
+                        self.notes.append(f"ses-{ses} {name}: {n_nan} of {var_vox.size} voxels have no R2* fit (dR2* 0 "
+                                          "there): the cell number leaves them out and its SD does too")
+                    var_d = float(np.nansum(var_vox))
                     rv = float(getattr(rel, "value", rel))
                     ug_per_dr2 = float(iron_mass_ug(1.0 / rv, voxel_volume_ml=pre_r2.voxel_volume_ml))
                     n_sd = math.sqrt(var_d) * ug_per_dr2 / (pg * 1e-6)
@@ -1108,99 +1121,98 @@ class _Subject:
                     self.add(ses, "MR", name, "cells_mri_min", 3.0 * n_sd)
 
 
-def _bq_per_ml_factor(vol) -> float:
-    u = (vol.meta.units or "").upper().replace(" ", "")
-    return {"BQML": 1.0, "BQ/ML": 1.0, "KBQ/ML": 1e3, "MBQ/ML": 1e6}.get(u, 1.0)
-
 
 # ============================================================================ cohort steps
-def _value(table, subject, session, roi, measure):
-    sel = table[(table.subject == subject) & (table.session == session) & (table.roi == roi)
-                & (table.measure == measure)]
-    return float(sel.value.iloc[0]) if len(sel) else float("nan")
+def _row(k, sid, group, roi, parameter, value, se, unit, aic=float("nan")) -> dict:
+    return {"analysis": k["name"], "model": k["model"], "subject": sid, "group": group, "roi": roi,
+            "parameter": parameter, "value": float(value), "se": float("nan") if se is None else float(se),
+            "unit": unit, "aic": float(aic)}
 
 
-def _kinetics(study: Study, table, subjects: list[str], notes: list[str]):
-    """The [[kinetics]] analyses: one row per (analysis, subject or comparison, parameter)."""
-    rows = []
-    for k in study.kinetics:
-        model, name = k["model"], k["name"]
-        groups = k.get("groups") or sorted({study.subjects[s].group for s in subjects})
-        try:
-            if model == "cell-trafficking":
-                from .kinetics.cart import TRAFFICKING_DEMO_RATES_PER_H, CellTrafficking
+def _trafficking_rows(study, table, k, sid) -> list[dict]:
+    """CellTrafficking fitted to the subject's %ID per organ over its PET sessions."""
+    from .kinetics.cart import TRAFFICKING_DEMO_RATES_PER_H, CellTrafficking
 
-                free = k.get("free") or list(CellTrafficking.RATES)
-                for sid in subjects:
-                    if study.subjects[sid].group not in groups:
-                        continue
-                    if not len(table[(table.subject == sid) & (table.measure == "percent_id")]):
-                        notes.append(f"kinetics {name!r}: {sid} has no PET ROI measures")
-                        continue
-                    sub = table[(table.subject == sid) & (table.measure == "percent_id")]
-                    ses = sorted(set(sub.session), key=lambda s: float(sub[sub.session == s].time_h.iloc[0]))
-                    t = [float(sub[sub.session == s].time_h.iloc[0]) for s in ses]
-                    organs = {o: [_value(table, sid, s, rn, "percent_id") for s in ses] for o, rn in k["organs"].items()}
-                    fixed = {r: v for r, v in TRAFFICKING_DEMO_RATES_PER_H.items() if r not in free}
-                    fit = CellTrafficking().fit(t, organs, fixed=fixed, region=sid)
-                    for p in free + [q for q in ("retained_24h", "lung_residence_h") if q in fit.params]:
-                        rows.append({"analysis": name, "model": model, "subject": sid, "group": study.subjects[sid].group,
-                                     "roi": ",".join(k["organs"].values()), "parameter": p,
-                                     "value": float(fit.params[p]), "se": float(fit.se.get(p, float("nan"))),
-                                     "unit": "h" if p == "lung_residence_h" else ("" if p == "retained_24h" else "1/h"),
-                                     "aic": fit.aic})
-            elif model == "patlak":
-                for sid in subjects:
-                    if study.subjects[sid].group not in groups:
-                        continue
-                    try:
-                        rows += _patlak_rows(study, table, k, sid)
-                    except InvivoError as e:
-                        notes.append(f"kinetics {name!r} (line {k.get('_line')}) {sid}: {e}")
-            else:  # blocking
-                from .kinetics.antibody import blocking_comparison
-
-                meas = k["measure"]
-                sub = table[(table.roi == k["roi"]) & (table.measure == meas)]
-                if k.get("session"):
-                    sub = sub[sub.session == k["session"]]
-                else:  # each subject's last session
-                    sub = sub.sort_values("time_h").groupby("subject").tail(1)
-                tot = sub[sub.group == k["total"]].value.to_numpy()
-                blk = sub[sub.group == k["blocked"]].value.to_numpy()
-                if len(tot) < 2 or len(blk) < 2:
-                    raise ParameterError(f"blocking analysis {name!r}: needs at least 2 subjects per arm "
-                                         f"({len(tot)} in {k['total']!r}, {len(blk)} in {k['blocked']!r})")
-                res = blocking_comparison(tot, blk, units=MEASURES.get(meas))
-                for p in ("specific", "specific_fraction", "total_mean", "blocked_mean", "p_value"):
-                    se = res.get(f"{p}_se", res.get("total_se" if p == "total_mean" else
-                                                     "blocked_se" if p == "blocked_mean" else "", float("nan")))
-                    rows.append({"analysis": name, "model": model, "subject": f"{k['total']} vs {k['blocked']}",
-                                 "group": "", "roi": k["roi"], "parameter": p, "value": float(res[p]),
-                                 "se": float(se) if se is not None else float("nan"),
-                                 "unit": "" if p in ("specific_fraction", "p_value") else MEASURES.get(meas, ""),
-                                 "aic": float("nan")})
-        except InvivoError as e:
-            notes.append(f"kinetics {name!r} (line {k.get('_line')}): {e}")
-    import pandas as pd
-
-    cols = ["analysis", "model", "subject", "group", "roi", "parameter", "value", "se", "unit", "aic"]
-    return pd.DataFrame(rows, columns=cols)
+    pid = table[(table.subject == sid) & (table.measure == "percent_id")]
+    if not len(pid):
+        raise ParameterError("no PET ROI measures (%ID) to fit")
+    times = pid.groupby("session").time_h.first().sort_values()
+    organs = {}
+    for organ, roi in k["organs"].items():
+        per_ses = pid[pid.roi == roi].set_index("session").value.reindex(times.index)
+        if per_ses.isna().any():
+            raise ParameterError(f"ROI {roi!r} ({organ}) has no %ID in session(s) "
+                                 f"{', '.join(per_ses.index[per_ses.isna()])}")
+        organs[organ] = per_ses.to_numpy()
+    free = k.get("free") or list(CellTrafficking.RATES)
+    fixed = {r: v for r, v in TRAFFICKING_DEMO_RATES_PER_H.items() if r not in free}
+    fit = CellTrafficking().fit(times.to_numpy(), organs, fixed=fixed, region=sid)
+    units = {"lung_residence_h": "h", "retained_24h": ""}
+    return [_row(k, sid, study.subjects[sid].group, ",".join(k["organs"].values()), p, fit.params[p], fit.se.get(p),
+                 units.get(p, "1/h"), fit.aic)
+            for p in free + [q for q in units if q in fit.params]]
 
 
 def _patlak_rows(study, table, k, sid) -> list[dict]:
+    """Multi-day Patlak of the ROI's %ID/g against the subject's serum file."""
     from .kinetics.antibody import multi_day_patlak
     from .kinetics.inputs import load_blood
 
     inj = study.injections.get(sid)
     if inj is None or inj.blood is None:
-        raise ParameterError(f"the patlak analysis needs blood = \"...tsv\" in the [[injection]] of {sid}")
+        raise ParameterError(f"needs blood = \"...tsv\" in the [[injection]] of {sid}")
     sub = table[(table.subject == sid) & (table.roi == k["roi"]) & (table.measure == "idg_mean")].sort_values("time_h")
     fit = multi_day_patlak(sub.value.to_numpy(), sub.time_h.to_numpy() * 3600.0, load_blood(inj.blood),
                            t_star_s=float(k.get("t_star_h", 0.0)) * 3600.0, region=f"{sid} {k['roi']}")
-    return [{"analysis": k["name"], "model": "patlak", "subject": sid, "group": study.subjects[sid].group,
-             "roi": k["roi"], "parameter": p, "value": float(fit.params[p]), "se": float(fit.se.get(p, float("nan"))),
-             "unit": unit, "aic": fit.aic} for p, unit in (("Ki_per_h", "mL/g/h"), ("VT", "mL/g"))]
+    return [_row(k, sid, study.subjects[sid].group, k["roi"], p, fit.params[p], fit.se.get(p), unit, fit.aic)
+            for p, unit in (("Ki_per_h", "mL/g/h"), ("VT", "mL/g"))]
+
+
+def _blocking_rows(table, k) -> list[dict]:
+    """Specific uptake: the ``total`` group against the ``blocked`` group (each subject's last or given session)."""
+    from .kinetics.antibody import blocking_comparison
+
+    meas = k["measure"]
+    sub = table[(table.roi == k["roi"]) & (table.measure == meas)]
+    sub = sub[sub.session == k["session"]] if k.get("session") else sub.sort_values("time_h").groupby("subject").tail(1)
+    tot = sub[sub.group == k["total"]].value.to_numpy()
+    blk = sub[sub.group == k["blocked"]].value.to_numpy()
+    if len(tot) < 2 or len(blk) < 2:
+        raise ParameterError(f"needs at least 2 subjects per arm ({len(tot)} in {k['total']!r}, "
+                             f"{len(blk)} in {k['blocked']!r})")
+    res = blocking_comparison(tot, blk, units=MEASURES.get(meas))
+    unit = MEASURES.get(meas, "")
+    se_of = {"specific": "specific_se", "specific_fraction": "specific_fraction_se", "total_mean": "total_se",
+             "blocked_mean": "blocked_se", "p_value": None}
+    return [_row(k, f"{k['total']} vs {k['blocked']}", "", k["roi"], p, res[p], res.get(se_key) if se_key else None,
+                 "" if p in ("specific_fraction", "p_value") else unit) for p, se_key in se_of.items()]
+
+
+def _kinetics(study: Study, table, subjects: list[str], notes: list[str]):
+    """The [[kinetics]] analyses: one row per (analysis, subject or comparison, parameter).  A subject whose fit
+    cannot be done is noted and the others go on."""
+    import pandas as pd
+
+    per_subject = {"cell-trafficking": _trafficking_rows, "patlak": _patlak_rows}
+    rows = []
+    for k in study.kinetics:
+        where = f"kinetics {k['name']!r} (study file line {k.get('_line')})"
+        if k["model"] == "blocking":
+            try:
+                rows += _blocking_rows(table, k)
+            except InvivoError as e:
+                notes.append(f"{where}: {e}")
+            continue
+        groups = k.get("groups") or sorted({study.subjects[s].group for s in subjects})
+        for sid in subjects:
+            if study.subjects[sid].group not in groups:
+                continue
+            try:
+                rows += per_subject[k["model"]](study, table, k, sid)
+            except InvivoError as e:
+                notes.append(f"{where} {sid}: {e}")
+    cols = ["analysis", "model", "subject", "group", "roi", "parameter", "value", "se", "unit", "aic"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def _write_table(df, path_tsv: Path, notes: list[str]) -> list[Path]:
@@ -1295,7 +1307,7 @@ def run(study, out_dir, *, overwrite: bool = False, subjects=None, progress: boo
         table = table.merge(truth, on=[c for c in ("subject", "session", "roi", "measure") if c in truth.columns],
                             how="left")
     ok_subjects = [s for s in sids if s not in failures]
-    kin = _kinetics(st, table, ok_subjects, notes) if len(table) else _kinetics(st, table.iloc[:0], [], notes)
+    kin = _kinetics(st, table, ok_subjects if len(table) else [], notes)
     regs = pd.DataFrame(reg_rows)
     tables = out / "tables"
     tables.mkdir(exist_ok=True)

@@ -88,3 +88,27 @@ def test_run_cli_check_and_refusal(demo, capsys):
     # an existing report is not overwritten without --overwrite
     assert main(["run", str(sf), "--out", str(demo.out_dir / "results"), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err
+
+
+def test_demo_uncertainties_cover_the_errors(demo):
+    """cells_pet_sd / cells_mri_sd (voxel noise) against the truth: every error within 4 SD, and SDs are finite."""
+    tab = demo.study.table
+    for m in ("cells_pet", "cells_mri"):
+        val = tab[(tab.measure == m) & tab.truth.notna()].set_index(["subject", "session", "roi"])
+        sd = tab[tab.measure == f"{m}_sd"].set_index(["subject", "session", "roi"]).value.reindex(val.index)
+        assert len(val) and np.isfinite(sd).all() and (sd > 0).all(), m
+        z = ((val.value - val.truth) / sd).abs()
+        assert (z <= 4).all(), z[z > 4]
+        lim = tab[tab.measure == f"{m}_min"].set_index(["subject", "session", "roi"]).value.reindex(val.index)
+        np.testing.assert_allclose(lim, 3 * sd, rtol=1e-12)
+
+
+def test_demo_serum_integral_is_exact():
+    from scipy.integrate import quad
+
+    from invivo.demo import _serum_integral, _serum_samples
+
+    ts, cs = _serum_samples()
+    for t in (0.0, 0.1, 3.3, 24.0, 144.0, 150.5):
+        ref = quad(lambda x: np.interp(x, ts, cs), 0, t, points=ts[ts < t], limit=200)[0]
+        assert _serum_integral(t)[0] == pytest.approx(ref, rel=1e-12, abs=1e-12)
