@@ -138,7 +138,15 @@ def _rotation_lps(rot_deg) -> np.ndarray:
     return (_F @ t.matrix @ _F)[:3, :3]
 
 
-def _method(bins, sampling, seed, iterations, min_step, learning_rate, mask, relax=0.5):
+#: Final pass (conjugate gradients): golden-section steps per line search, and the convergence test (metric
+#: change below this over that many iterations)
+CG_LINE_SEARCH_STEPS = 5
+CG_CONVERGENCE = 1e-6
+CG_WINDOW = 5
+
+
+def _method(bins, sampling, seed, mask):
+    """Mattes mutual information over ``sampling`` of the (masked) fixed voxels, linear interpolation."""
     import SimpleITK as sitk
 
     reg = sitk.ImageRegistrationMethod()
@@ -152,11 +160,27 @@ def _method(bins, sampling, seed, iterations, min_step, learning_rate, mask, rel
     if mask is not None:
         reg.SetMetricFixedMask(mask)
     reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=learning_rate, minStep=min_step,
-                                                 numberOfIterations=int(iterations), relaxationFactor=relax,
-                                                 gradientMagnitudeTolerance=1e-10)
-    reg.SetOptimizerScalesFromPhysicalShift()
     return reg
+
+
+def _regular_step(iterations: int, min_step: float, rate: float):
+    """Regular-step gradient descent: ``rate`` mm first step, halved at each change of direction."""
+    def configure(reg):
+        reg.SetOptimizerAsRegularStepGradientDescent(learningRate=rate, minStep=min_step,
+                                                     numberOfIterations=int(iterations), relaxationFactor=0.5,
+                                                     gradientMagnitudeTolerance=1e-10)
+    return configure
+
+
+def _line_search(iterations: int, step_mm: float):
+    """Conjugate gradients with a golden-section line search of steps up to ``step_mm``."""
+    def configure(reg):
+        reg.SetOptimizerAsConjugateGradientLineSearch(
+            learningRate=step_mm, numberOfIterations=int(iterations), convergenceMinimumValue=CG_CONVERGENCE,
+            convergenceWindowSize=CG_WINDOW, lineSearchLowerLimit=0.0, lineSearchUpperLimit=2.0,
+            lineSearchEpsilon=0.01, lineSearchMaximumIterations=CG_LINE_SEARCH_STEPS,
+            estimateLearningRate=reg.Never, maximumStepSizeInPhysicalUnits=step_mm)
+    return configure
 
 
 def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="auto", margin_mm: float = 2.0,
@@ -323,9 +347,11 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
                     r[ax] = sgn * a
                     rotations.append(tuple(r))
 
-    def run(tx_, level, samp, it, min_step, rate, relax=0.5):
+    def run(tx_, level, samp, optimizer):
         fi, fm, mi, sp = level
-        reg = _method(bins, samp, seed, it, min_step, rate, fm, relax)
+        reg = _method(bins, samp, seed, fm)
+        optimizer(reg)
+        reg.SetOptimizerScalesFromPhysicalShift()
         # a moving image much larger than the fixed one: gradients at the sampled points only,
         # not a whole gradient image per call
         n_f, n_m = np.prod(fi.GetSize()), np.prod(mi.GetSize())
@@ -345,7 +371,7 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
                 r = _rotation_lps(rot) @ np.array(base.GetMatrix()).reshape(3, 3)
                 cand.SetMatrix(r.ravel().tolist())
             r_start = np.array(cand.GetMatrix()).reshape(3, 3)
-            reg = run(cand, coarse, 1.0, max(50, iterations // 4), 1e-2 * coarse[3], coarse[3])
+            reg = run(cand, coarse, 1.0, _regular_step(max(50, iterations // 4), 1e-2 * coarse[3], coarse[3]))
             metric = reg.GetMetricValue()
             total_iter += reg.GetOptimizerIteration()
             r_end = np.array(cand.GetMatrix()).reshape(3, 3)
@@ -364,19 +390,19 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
     def evaluate(tx_, level):
         """The metric (all voxels of the level) at ``tx_``, without moving it."""
         fi, fm, mi, _ = level
-        reg_ = _method(bins, 1.0, seed, 1, 1.0, 1.0, fm)
+        reg_ = _method(bins, 1.0, seed, fm)
         reg_.SetMetricUseFixedImageGradientFilter(False)  # a value only: no gradient images
         reg_.SetMetricUseMovingImageGradientFilter(False)
         reg_.SetInitialTransform(tx_, inPlace=False)
         return float(reg_.MetricEvaluate(fi, mi))
 
-    def guarded_run(tx_, level, samp, it, min_step, rate, relax=0.5):
+    def guarded_run(tx_, level, samp, optimizer):
         """Run one level; if it ends at a worse metric than it started (a first step thrown off into
         another basin, or a sampling-noise walk), keep the starting transform."""
         nonlocal total_iter
         before_params = tx_.GetParameters()
         before = evaluate(tx_, level)
-        reg_ = run(tx_, level, samp, it, min_step, rate, relax)
+        reg_ = run(tx_, level, samp, optimizer)
         total_iter += reg_.GetOptimizerIteration()
         after = evaluate(tx_, level)
         if not after <= before:
@@ -388,8 +414,8 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         for i, level in enumerate(pyramid[first:], start=first):
             n_vox = int(np.prod(level[0].GetSize()))
             samp = 1.0 if n_vox * sampling < 20_000 else max(sampling, 20_000 / n_vox)
-            guarded_run(tx_, level, samp if i < len(pyramid) - 1 else sampling, iterations,
-                        1e-3 * level[3], rate_scale * level[3])
+            guarded_run(tx_, level, samp if i < len(pyramid) - 1 else sampling,
+                        _regular_step(iterations, 1e-3 * level[3], rate_scale * level[3]))
 
     # the several starts already converged at the coarsest level: go on from the next one
     pyramid_pass(tx, 1.0, 1 if (len(rotations) > 1 and len(pyramid) > 1) else 0)
@@ -406,7 +432,7 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         # regular-step descent used before stalled a tenth of a voxel short of the optimum in narrow valleys
         # (roll about the long axis coupled with a shift), which a line search along conjugate directions
         # crosses (phantoms/validate_registration.py)
-        metric = _line_search_pass(tx, finest, bins, final_step_voxels * work_sp, final_iterations, evaluate)
+        metric = guarded_run(tx, finest, 1.0, _line_search(final_iterations, final_step_voxels * work_sp))
     else:
         metric = evaluate(tx, finest)
     coarse_final = evaluate(tx, coarse)
@@ -435,9 +461,10 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         notes.append(f"only {100 * overlap:.0f} % of the fixed image's foreground maps inside the moving image")
     if not metric < -0.05:
         notes.append(f"weak mutual information at the optimum ({metric:.3f}): the images may not match")
-    if starts and coarse_final > min(st["metric"] for st in starts) + 0.2 * abs(min(st["metric"] for st in starts)):
+    kept = [st["metric"] for st in starts if st["drift_deg"] <= max_start_drift_deg]
+    if kept and coarse_final > min(kept) + 0.2 * abs(min(kept)):
         notes.append(f"the result's coarse-level metric ({coarse_final:.3f}) is much weaker than the best start's "
-                     f"({min(st['metric'] for st in starts):.3f}): the optimizer may have left the right basin")
+                     f"({min(kept):.3f}): the optimizer may have left the right basin")
     if transform == "rigid" and result.rotation_deg() > 60:
         notes.append(f"large rotation ({result.rotation_deg():.0f} deg): check the QC overlay")
     quality = "good" if not notes else ("failed" if overlap < 0.1 else "check")
@@ -448,35 +475,6 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
     return Registration(transform=result, metric=metric, iterations=int(total_iter), quality=quality,
                         overlap=overlap, warnings=notes, starts=starts, settings=settings, elapsed_s=elapsed,
                         fixed=fixed, moving=moving)
-
-
-def _line_search_pass(tx, level, bins, step_mm: float, iterations: int, evaluate) -> float:
-    """Conjugate-gradient descent with a golden-section line search on every voxel of ``level``;
-    keeps the starting transform if it ends worse.  Returns the metric at the end."""
-    import SimpleITK as sitk
-
-    fi, fm, mi, _ = level
-    before, p0 = evaluate(tx, level), tx.GetParameters()
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=int(bins))
-    reg.SetMetricSamplingStrategy(reg.NONE)
-    if fm is not None:
-        reg.SetMetricFixedMask(fm)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsConjugateGradientLineSearch(
-        learningRate=step_mm, numberOfIterations=int(iterations), convergenceMinimumValue=1e-7,
-        convergenceWindowSize=5, lineSearchLowerLimit=0.0, lineSearchUpperLimit=2.0, lineSearchEpsilon=0.01,
-        lineSearchMaximumIterations=10, estimateLearningRate=reg.Never, maximumStepSizeInPhysicalUnits=step_mm)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    n_f, n_m = np.prod(fi.GetSize()), np.prod(mi.GetSize())
-    reg.SetMetricUseMovingImageGradientFilter(bool(n_m <= 4 * n_f))
-    reg.SetInitialTransform(tx, inPlace=True)
-    reg.Execute(fi, mi)
-    after = evaluate(tx, level)
-    if not after <= before:
-        tx.SetParameters(p0)
-        after = before
-    return after
 
 
 def _auto_mask(img, margin_mm: float):
