@@ -214,6 +214,7 @@ def build_demo_study(folder, *, voxel_size_mm: float = 0.5, seed: int = 0, small
         return random_rigid(rng, max_rotation_deg=max_deg, max_translation_mm=max_mm)
 
     n_cart, n_mab = (1, 2) if small else (3, 3)
+    r2_pre = _r2star_table(None, vol_ml)
     # --- CAR-T: 89Zr-oxine + SPIO dual-labeled cells -------------------------------------------
     for n in range(n_cart):
         sid = f"cart{n + 1}"
@@ -232,9 +233,9 @@ def build_demo_study(folder, *, voxel_size_mm: float = 0.5, seed: int = 0, small
                 add_truth(sid, ses, roi, "r2star_mean", r2[roi])
             if tr is None:
                 continue
+            dr2 = {k: r2[k] - r2_pre[k] for k in r2}
             for roi in ("liver", "spleen", "tumour_rim", "tumour_core", "tumour"):
-                add_truth(sid, ses, roi, "dr2star_mean",
-                          roi_truth({k: r2[k] - _r2star_table(None, vol_ml)[k] for k in r2}, roi))
+                add_truth(sid, ses, roi, "dr2star_mean", roi_truth(dr2, roi))
             add_truth(sid, ses, "tumour", "cells_mri", tr["cells"]["tumour_rim"] + tr["cells"]["tumour_core"])
             add_truth(sid, ses, "spleen", "cells_mri", tr["cells"]["spleen"])
             add_truth(sid, ses, "liver", "cells_mri", tr["cells"]["liver"])

@@ -112,3 +112,25 @@ def test_demo_serum_integral_is_exact():
     for t in (0.0, 0.1, 3.3, 24.0, 144.0, 150.5):
         ref = quad(lambda x: np.interp(x, ts, cs), 0, t, points=ts[ts < t], limit=200)[0]
         assert _serum_integral(t)[0] == pytest.approx(ref, rel=1e-12, abs=1e-12)
+
+
+def test_sphere_and_threshold_rois(demo, tmp_path):
+    """A sphere ROI drawn where the phantom's tumour core is gives the labels' tumour_core numbers exactly (both are
+    the voxels whose centres lie within 2 mm of (11, 0, -18) in baseline space, carried to each PET); a threshold ROI
+    lies inside its parent and is hotter."""
+    from invivo.study import load_study, run
+
+    src = demo.out_dir
+    extra = ('\n[[roi]]\nname = "core_sphere"\nsphere = [11.0, 0.0, -18.0]\nradius_mm = 2.0\n\n'
+             '[[roi]]\nname = "hot"\nthreshold = 90\nwithin = "tumour"\n')
+    sf = src / "study_spheres.toml"
+    sf.write_text((src / "study.toml").read_text().replace("[registration]", extra + "\n[registration]"))
+    out = tmp_path / "spheres"
+    shutil.copytree(src / "results", out)
+    res = run(load_study(sf), out, overwrite=True, subjects=["pdl1"], report=False)
+    t = res.table[(res.table.measure == "idg_mean") & (res.table.modality == "pet")].set_index(["session", "roi"])
+    for ses in ("d1", "d3", "d6"):
+        assert t.loc[(ses, "core_sphere"), "value"] == pytest.approx(t.loc[(ses, "tumour_core"), "value"], rel=1e-12)
+        assert t.loc[(ses, "core_sphere"), "n_voxels"] == t.loc[(ses, "tumour_core"), "n_voxels"]
+        assert t.loc[(ses, "hot"), "n_voxels"] < t.loc[(ses, "tumour"), "n_voxels"]
+        assert t.loc[(ses, "hot"), "value"] > t.loc[(ses, "tumour"), "value"]
