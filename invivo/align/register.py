@@ -140,7 +140,7 @@ def _rotation_lps(rot_deg) -> np.ndarray:
 
 #: Final pass (conjugate gradients): golden-section steps per line search, and the convergence test (metric
 #: change below this over that many iterations)
-CG_LINE_SEARCH_STEPS = 5
+CG_LINE_SEARCH_STEPS = 7
 CG_CONVERGENCE = 1e-6
 CG_WINDOW = 5
 
