@@ -6,8 +6,9 @@ A small preclinical immunotherapy study, written as scanner folders (DICOM) with
 * **CAR-T** (3 mice): CAR-T cells labeled with both 89Zr-oxine and SPIO, 5 x 10^6 cells
   i.v.; multi-echo gradient-echo MRI before the cells (``pre``) and PET + MRI at 2, 24, 72
   and 168 h.  The cells move through lungs, liver, spleen and the tumour as the
-  :class:`invivo.kinetics.cart.CellTrafficking` model says; they stay at the tumour rim
-  (an immune-excluded tumour); released 89Zr goes to bone and liver.  Iron follows the
+  :class:`invivo.kinetics.cart.CellTrafficking` model says; 92 % of the tumour's cells
+  stay in its 1.5 mm rim (an immune-excluded tumour: core density 0.38x the rim's, which
+  the rim-to-core profile recovers); released 89Zr goes to bone and liver.  Iron follows the
   cells, so R2* rises where the cells are.
 * **anti-PD-L1** (3 mice) and **anti-PD-L1 + blocking dose** (3 mice): a 89Zr antibody,
   PET + MR at 24, 72 and 144 h and serum samples; tissues follow
@@ -43,7 +44,7 @@ RELAXIVITY = 60.0  # r2* of cell-internalised SPIO at 7 T, s-1 mM-1
 CART_SESSIONS_H = {"pre": -2.0, "h2": 2.0, "d1": 24.0, "d3": 72.0, "d7": 168.0}
 MAB_SESSIONS_H = {"d1": 24.0, "d3": 72.0, "d6": 144.0}
 MAB_ACTIVITY_BQ = 1.0e6
-TUMOUR_RIM_SHARE = 0.8  # fraction of tumour cells in the rim (immune-excluded)
+TUMOUR_RIM_SHARE = 0.92  # fraction of tumour cells in the 1.5 mm rim: core density 0.38x the rim's (immune-excluded)
 PET_NOISE = 0.10
 MR_SIGMA = 8.0
 #: anti-PD-L1 serum (%ID/mL): two exponentials, amplitudes and half-lives (h)
@@ -59,7 +60,9 @@ ROI_LABELS = {"lungs": [2], "heart": [3], "liver": [4], "spleen": [5], "kidneys"
 #: Tolerances (relative unless said): ROI means over 10 % voxel noise, R2* fits, cell counts
 TOL = {"idg_mean": 0.03, "r2star_mean": 0.05, "dr2star_mean": 0.15, "cells_pet": 0.05, "cells_mri": 0.15,
        "Ki_per_h": 0.05, "specific_fraction": 0.10, "k_blood_tumour_per_h": 0.10, "k_lung_blood_per_h": 0.15,
-       "k_blood_spleen_per_h": 0.10}
+       "k_blood_spleen_per_h": 0.10, "idg_core_to_rim": 0.10, "dr2star_core_to_rim": 0.10}
+#: Rim thickness of the phantom tumour (mm): the [profile] rim of the demo study
+RIM_MM = 1.5
 FREE_RATES = ["k_blood_lung_per_h", "k_lung_blood_per_h", "k_blood_liver_per_h", "k_blood_spleen_per_h",
               "k_blood_tumour_per_h", "k_blood_other_per_h"]
 
@@ -236,6 +239,7 @@ def build_demo_study(folder, *, voxel_size_mm: float = 0.5, seed: int = 0, small
             dr2 = {k: r2[k] - r2_pre[k] for k in r2}
             for roi in ("liver", "spleen", "tumour_rim", "tumour_core", "tumour"):
                 add_truth(sid, ses, roi, "dr2star_mean", roi_truth(dr2, roi))
+            add_truth(sid, ses, "tumour", "dr2star_core_to_rim", dr2["tumour_core"] / dr2["tumour_rim"])
             add_truth(sid, ses, "tumour", "cells_mri", tr["cells"]["tumour_rim"] + tr["cells"]["tumour_core"])
             add_truth(sid, ses, "spleen", "cells_mri", tr["cells"]["spleen"])
             add_truth(sid, ses, "liver", "cells_mri", tr["cells"]["liver"])
@@ -248,6 +252,7 @@ def build_demo_study(folder, *, voxel_size_mm: float = 0.5, seed: int = 0, small
                   study_uid=study_uid, series_number=10 + len(scans))
             for roi in ("lungs", "heart", "liver", "spleen", "bone", "tumour_rim", "tumour_core", "tumour"):
                 add_truth(sid, ses, roi, "idg_mean", roi_truth(tr["idg"], roi))
+            add_truth(sid, ses, "tumour", "idg_core_to_rim", tr["idg"]["tumour_core"] / tr["idg"]["tumour_rim"])
             add_truth(sid, ses, "tumour", "cells_pet", tr["cells"]["tumour_rim"] + tr["cells"]["tumour_core"])
             add_truth(sid, ses, "spleen", "cells_pet", tr["cells"]["spleen"])
             add_truth(sid, ses, "lungs", "cells_pet", tr["cells"]["lungs"])
@@ -288,6 +293,7 @@ def build_demo_study(folder, *, voxel_size_mm: float = 0.5, seed: int = 0, small
                       f"PET 89Zr anti-PD-L1 {ses}", study_uid=study_uid, series_number=10 + len(scans))
                 for roi in ("heart", "liver", "spleen", "kidneys", "tumour"):
                     add_truth(sid, ses, roi, "idg_mean", roi_truth(idg, roi))
+                add_truth(sid, ses, "tumour", "idg_core_to_rim", idg["tumour_core"] / idg["tumour_rim"])
             ki = MAB_TISSUE["tumour_rim"][1] * (BLOCK["tumour_rim"] if blocked else 1.0)
             truth.append({"subject": sid, "session": "-", "roi": "tumour", "measure": "Ki_per_h", "truth": ki,
                           "tolerance": TOL["Ki_per_h"], "rel": True})
@@ -327,6 +333,7 @@ def build_demo_study(folder, *, voxel_size_mm: float = 0.5, seed: int = 0, small
               'roi = "tumour"', '',
               '[[kinetics]]', 'name = "anti-PD-L1 blocking"', 'model = "blocking"', 'roi = "tumour"',
               'total = "aPDL1"', 'blocked = "aPDL1-block"', 'measure = "idg_mean"', '',
+              '[profile]', 'roi = "tumour"', f'rim_mm = {RIM_MM:g}', '',
               '[report]', 'title = "invivo demo study"', '']
     study_file = folder / "study.toml"
     study_file.write_text("\n".join(lines))

@@ -41,6 +41,8 @@ __all__ = [
     "map_png",
     "tac_png",
     "group_bars_png",
+    "profile_png",
+    "cells_png",
     "histogram_png",
     "recovered_vs_truth_png",
     "Report",
@@ -775,6 +777,168 @@ def group_bars_png(table, path, *, measure: str, rois=None, session=None, by: st
     ax.legend(fontsize=8, title=by, title_fontsize=8)
     when = f" at session {session}" if session is not None else ""
     ax.set_title(title or f"{measure}{when}: mean \u00b1 SD over subjects, points = subjects", fontsize=11)
+    return _save(fig, path, overwrite, return_figure)
+
+
+# ---------------------------------------------------------------------------
+# rim-to-core profiles and cells from two modalities
+# ---------------------------------------------------------------------------
+def profile_png(profiles, path, *, map: str, by: str = "group", rim_mm: float | None = None,
+                title: str | None = None, overwrite: bool = False, return_figure: bool = False):
+    """Value against depth inside an ROI (rim-to-core profile): one panel per session.
+
+    Parameters
+    ----------
+    profiles : pandas.DataFrame
+        Rows of :func:`invivo.roi.rim_core_profile` with ``subject``, ``session``,
+        ``time_h``, ``map``, ``depth_mm``, ``mean``, ``unit`` and the ``by`` column (the
+        study pipeline's ``tables/profiles``).
+    path : str or Path
+        Output ``.png``.
+    map : str
+        Which map's profiles to show (``"idg"``, ``"dr2star"``, ...).
+    by : str
+        Column that groups subjects (one colour each): mean over subjects per depth bin
+        +/- SD, subjects as thin lines.
+    rim_mm : float, optional
+        Draw the rim/core boundary at this depth.
+    title, overwrite, return_figure
+        As in :func:`fused_png`.
+
+    Returns
+    -------
+    Path, or (Path, matplotlib.figure.Figure)
+        One axes per session (``gid`` ``"session:<id>"``), in time order; the group means
+        have ``gid`` ``"mean:<group>"``, subject lines ``"subject:<id>"``.
+    """
+    _check_table(profiles, ("subject", "session", "time_h", "map", "depth_mm", "mean", "unit"), "profiles")
+    path = _png_path(path)
+    df = profiles[profiles["map"] == map].copy()
+    if df.empty:
+        raise ParameterError(f"map={map!r} is not in the profiles; they have {sorted(map_ for map_ in profiles['map'].unique())}")
+    unit = _unit_of(df.rename(columns={"mean": "value"}), map)
+    df["_group"] = _group_labels(df, by)
+    sessions = list(df.groupby("session", sort=False)["time_h"].mean().sort_values().index)
+    if len(sessions) > _MAX_PANELS:
+        sessions = sessions[-_MAX_PANELS:]
+    groups = list(dict.fromkeys(df["_group"].tolist()))
+    colors = dict(zip(groups, _colors(len(groups))))
+    nr, nc = _grid_shape(len(sessions))
+    fig = _new_figure(2.9 * nr + 0.7)
+    axes = fig.subplots(nr, nc, squeeze=False).ravel()
+    for ax, ses in zip(axes, sessions):
+        ax.set_gid(f"session:{ses}")
+        d = df[df["session"] == ses]
+        for g in groups:
+            dg = d[d["_group"] == g]
+            if dg.empty:
+                continue
+            for subj, ds in dg.groupby("subject", sort=False):
+                ds = ds.sort_values("depth_mm")
+                ax.plot(ds["depth_mm"].to_numpy(float), ds["mean"].to_numpy(float), color=colors[g], lw=0.7,
+                        alpha=0.45, gid=f"subject:{subj}")
+            rows = []
+            for depth, dk in dg.groupby("depth_mm"):
+                mean, sd = _mean_sd(dk["mean"].to_numpy(float))
+                rows.append((float(depth), mean, sd))
+            x, y, e = (np.array(c, float) for c in zip(*sorted(rows)))
+            cont = ax.errorbar(x, y, yerr=np.nan_to_num(e), color=colors[g], lw=1.8, marker="o", ms=3, capsize=2,
+                               label=f"{g} (n={dg['subject'].nunique()})")
+            cont.lines[0].set_gid(f"mean:{g}")
+        if rim_mm is not None:
+            ax.axvline(float(rim_mm), color="0.4", ls="--", lw=0.8)
+        ax.set_title(f"ses-{ses} ({d['time_h'].mean():.0f} h)", fontsize=10)
+        ax.set_xlabel("depth from the boundary (mm)", fontsize=9)
+        ax.set_ylabel(f"{map} ({unit})", fontsize=9)
+        ax.tick_params(labelsize=8)
+        ax.grid(alpha=0.3)
+    for ax in axes[len(sessions):]:
+        ax.remove()
+    handles = {}
+    for ax in axes[:len(sessions)]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(lab.split(" (n=")[0], (h, lab))
+    axes[0].legend([h for h, _ in handles.values()], [lab for _, lab in handles.values()], fontsize=7, title=by,
+                   title_fontsize=7)
+    fig.suptitle(title or f"{map}: rim (left) to core (right), mean \u00b1 SD over subjects", fontsize=11)
+    return _save(fig, path, overwrite, return_figure)
+
+
+def cells_png(table, path, *, title: str | None = None, overwrite: bool = False, return_figure: bool = False):
+    """Labeled cells per ROI from PET against MRI, with 1 SD error bars and both detection limits.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Tidy study table holding ``cells_pet``, ``cells_mri`` and optionally their
+        ``_sd`` and ``_min`` measures, per ``subject``, ``session`` and ``roi``.
+    path : str or Path
+        Output ``.png``.
+    title, overwrite, return_figure
+        As in :func:`fused_png`.
+
+    Returns
+    -------
+    Path, or (Path, matplotlib.figure.Figure)
+        One point per subject x session x ROI with both numbers (``gid`` ``"roi:<name>"``
+        per ROI series), the identity line, and the median detection limits as dotted lines.
+        A number below its detection limit (``cells_*_min``), or not positive, is drawn at
+        that limit as an open marker (``gid`` ``"below:<roi>"``).
+    """
+    _check_table(table, ("subject", "session", "roi", "measure", "value"))
+    path = _png_path(path)
+    names = ["cells_pet", "cells_pet_sd", "cells_pet_min", "cells_mri", "cells_mri_sd", "cells_mri_min"]
+    df = table[table["measure"].isin(names)]
+    wide = df.pivot_table(index=["subject", "session", "roi"], columns="measure", values="value").reset_index()
+    if not {"cells_pet", "cells_mri"} <= set(wide.columns):
+        raise ParameterError("cells_png needs both cells_pet and cells_mri measures in the table")
+    wide = wide.dropna(subset=["cells_pet", "cells_mri"])
+    if wide.empty:
+        raise ParameterError("no subject, session and ROI has cells from both PET and MRI")
+    for col in ("cells_pet_sd", "cells_pet_min", "cells_mri_sd", "cells_mri_min"):
+        if col not in wide:
+            wide[col] = np.nan
+    # below its detection limit (or not positive) a number is shown at the limit, as an open marker
+    below = {k: ~(wide[f"cells_{k}"].to_numpy(float) > np.nan_to_num(wide[f"cells_{k}_min"].to_numpy(float)))
+             for k in ("pet", "mri")}
+    shown = {k: np.where(below[k], wide[f"cells_{k}_min"].to_numpy(float), wide[f"cells_{k}"].to_numpy(float))
+             for k in ("pet", "mri")}
+    fig = _new_figure(4.2)
+    ax = fig.subplots()
+    rois = list(dict.fromkeys(wide["roi"].tolist()))
+    for roi, c in zip(rois, _colors(len(rois))):
+        sel = (wide["roi"] == roi).to_numpy()
+        det = sel & ~below["pet"] & ~below["mri"]
+        if not det.any():
+            continue
+        cont = ax.errorbar(shown["mri"][det], shown["pet"][det], xerr=wide["cells_mri_sd"].to_numpy(float)[det],
+                           yerr=wide["cells_pet_sd"].to_numpy(float)[det], fmt="o", ms=4, color=c, capsize=2,
+                           lw=0.8, label=str(roi))
+        cont.lines[0].set_gid(f"roi:{roi}")
+    for roi, c in zip(rois, _colors(len(rois))):
+        und = (wide["roi"] == roi).to_numpy() & (below["pet"] | below["mri"])
+        if und.any():
+            ax.plot(shown["mri"][und], shown["pet"][und], "o", ms=6, mfc="none", mec=c,
+                    label=f"{roi}: below a detection limit", gid=f"below:{roi}")
+    v = np.concatenate([shown["pet"], shown["mri"], [np.nanmedian(wide["cells_pet_min"].to_numpy(float)),
+                                                     np.nanmedian(wide["cells_mri_min"].to_numpy(float))]])
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size:
+        lo, hi = v.min() / 2.0, v.max() * 2.0
+        ax.plot([lo, hi], [lo, hi], color="0.3", lw=0.8, ls="-", label="PET = MRI")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+    for col, line in (("cells_mri_min", ax.axvline), ("cells_pet_min", ax.axhline)):
+        if np.isfinite(wide[col].to_numpy(float)).any():
+            line(float(np.nanmedian(wide[col].to_numpy(float))), color="0.5", ls=":", lw=0.9)
+    ax.set_xlabel("cells from MRI (iron)", fontsize=9)
+    ax.set_ylabel("cells from PET (89Zr)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.suptitle(title or "labeled cells per ROI: PET against MRI (\u00b1 1 SD; dotted: median detection limits)",
+                 fontsize=10)
     return _save(fig, path, overwrite, return_figure)
 
 

@@ -117,6 +117,12 @@ MEASURES = {
     "cells_pet": "cells", "cells_pet_sd": "cells", "cells_pet_min": "cells",
     "cells_mri": "cells", "cells_mri_sd": "cells", "cells_mri_min": "cells",
 }
+# partial-volume corrected ROI means ([uptake] pv_fwhm_mm)
+MEASURES.update({f"{u}_mean_pvc": MEASURES.get(f"{u}_mean", "") for u in UPTAKE_UNITS})
+MEASURES["pv_rc"] = "1"
+# the tumour's rim and core ([profile]): means of the uptake maps and of dR2*, and the core-to-rim ratio
+for _m, _unit in [(u, MEASURES.get(f"{u}_mean", "")) for u in UPTAKE_UNITS] + [("dr2star", "s-1")]:
+    MEASURES.update({f"{_m}_rim_mean": _unit, f"{_m}_core_mean": _unit, f"{_m}_core_to_rim": "1"})
 
 _KEYS = {
     "study": {"name", "root", "description", "density_g_per_ml"},
@@ -127,15 +133,17 @@ _KEYS = {
     "roi": {"name", "subject", "labels", "label", "sphere", "radius_mm", "threshold", "within", "kind", "rtstruct",
             "structure"},
     "registration": {"transform", "baseline", "pet_to_mr", "to_baseline", "seed"},
-    "uptake": {"units", "peak"},
+    "uptake": {"units", "peak", "pv_fwhm_mm", "pv_rois"},
     "r2star": {"method", "pre", "relaxivity", "agent", "field_t", "pg_fe_per_cell", "mask_rois"},
     "cells": {"activity_per_cell_bq", "labeling_hours_before_injection", "retention_24h", "rois"},
     "kinetics": {"model", "name", "groups", "organs", "free", "roi", "measure", "session", "total", "blocked",
                  "blood", "t_star_h"},
     "report": {"title", "fused_session"},
+    "profile": {"roi", "rim_mm", "step_mm"},
 }
 _TABLES = {"study": False, "subject": True, "injection": True, "scan": True, "roi": True, "registration": False,
-           "uptake": False, "r2star": False, "cells": False, "kinetics": True, "report": False}
+           "uptake": False, "r2star": False, "cells": False, "kinetics": True, "report": False,
+           "profile": False}
 
 
 # ============================================================================ the file
@@ -247,6 +255,7 @@ class Study:
     cells: dict | None
     kinetics: list[dict]
     report: dict
+    profile: dict | None = None
     density_g_per_ml: float = 1.0
     text_sha256: str = ""
 
@@ -479,6 +488,10 @@ def load_study(path: str | os.PathLike) -> Study:
         if u not in UPTAKE_UNITS:
             raise fail("uptake", None, "units", f"unknown unit {u!r}; use {', '.join(UPTAKE_UNITS)}")
     upt["units"] = list(units)
+    if get("uptake", None, upt, "pv_fwhm_mm", "num", positive=True) is not None:
+        for r in get("uptake", None, upt, "pv_rois", "list", default=[]):
+            if r not in names:
+                raise fail("uptake", None, "pv_rois", f"ROI {r!r} is not defined")
 
     r2 = doc.get("r2star")
     if r2 is not None:
@@ -556,9 +569,18 @@ def load_study(path: str | os.PathLike) -> Study:
         e["_line"] = lines.line("kinetics", i)
         kin.append(e)
 
+    prof = doc.get("profile")
+    if prof is not None:
+        prof = dict(prof)
+        rn = get("profile", None, prof, "roi", "str", required=True)
+        if rn not in names:
+            raise fail("profile", None, "roi", f"ROI {rn!r} is not defined")
+        prof["rim_mm"] = get("profile", None, prof, "rim_mm", "num", positive=True, default=1.0)
+        get("profile", None, prof, "step_mm", "num", positive=True)
+
     rep = dict(doc.get("report", {}))
     return Study(name=name, path=path.resolve(), root=root, subjects=subjects, injections=injections, scans=scans,
-                 rois=rois, registration=reg, uptake=upt, r2star=r2, cells=cells, kinetics=kin, report=rep,
+                 rois=rois, registration=reg, uptake=upt, r2star=r2, cells=cells, kinetics=kin, report=rep, profile=prof,
                  density_g_per_ml=density, text_sha256=hashlib.sha256(text.encode()).hexdigest())
 
 
@@ -576,6 +598,7 @@ class StudyResult:
     seconds: float = 0.0
     reused: list[str] = field(default_factory=list)
     derivatives: list[Path] = field(default_factory=list)
+    profiles: Any = None  # pandas.DataFrame: rim-to-core profiles ([profile]), one row per depth bin
 
     @property
     def ok(self) -> bool:
@@ -748,6 +771,7 @@ class _Subject:
         self.to_emission: dict[tuple[str, str], Any] = {}  # session anatomy -> PET/SPECT
         self.reg_rows: list[dict] = []
         self.rows: list[dict] = []
+        self.profile_rows: list[dict] = []
         self.outputs: list[Path] = []
         self.maps: dict[str, Any] = {}
         self.time_h: dict[str, float] = {}
@@ -941,6 +965,12 @@ class _Subject:
 
         units = self.study.uptake["units"]
         cells_cfg = self.study.cells
+        pv = None
+        if self.study.uptake.get("pv_fwhm_mm"):
+            # spheres: compact ROIs (tumours, lymph nodes) lose activity in all three directions
+            pv = roi.RecoveryCorrection.analytic(float(self.study.uptake["pv_fwhm_mm"]), geometry="sphere",
+                                                 clamp_above=True)
+            pv_rois = self.study.uptake.get("pv_rois") or None
         for ses in self.sessions:
             for em in _EMISSION:
                 if (ses, em) not in self.vols:
@@ -982,6 +1012,16 @@ class _Subject:
                         if u == "idg":
                             self.add(ses, em, name, "idg_peak", s["peak"])
                             self.add(ses, em, name, "percent_id", s["mean"] * s["volume_ml"] * self.study.density_g_per_ml)
+                        if pv is not None and (pv_rois is None or name in pv_rois):
+                            try:
+                                d_mm = roi.equivalent_diameter_mm(m, geometry="sphere")
+                                rc = pv.rc(d_mm)
+                            except InvivoError as err:
+                                self.notes.append(f"ses-{ses} {em} {name}: no partial-volume correction: {err}")
+                            else:
+                                self.add(ses, em, name, f"{u}_mean_pvc", s["mean"] / rc)
+                                if u == units[0]:
+                                    self.add(ses, em, name, "pv_rc", rc)
                     if bq_factor is None:
                         continue
                     sa = roi.stats(vol, m)
@@ -1012,6 +1052,8 @@ class _Subject:
         from . import io, roi
         from .align import resample
         from .relax import R2StarModel
+        from .relax.r2star import STATUS
+        from .volume import Volume
         from .relax.iron import cell_count, delta_r2star, iron_concentration, iron_mass_ug, r2star_sd_from_noise
 
         cfg = self.study.r2star
@@ -1027,17 +1069,19 @@ class _Subject:
                           "version": _version()})
             key = f"{self.sid}_{ses}_r2star"
             sig_path = self.deriv(ses, "anat", "R2starsd")
-            rec = self.steps.done(key, fp, [path, sig_path])
+            st_path = self.deriv(ses, "anat", "R2starstatus")
+            rec = self.steps.done(key, fp, [path, sig_path, st_path])
             if rec is not None:
                 self.progress(f"{self.sid} ses-{ses}: R2* map (reused)")
                 r2 = io.load(path)
                 sd = io.load(sig_path)
+                status = io.load(st_path)
             else:
                 self.progress(f"{self.sid} ses-{ses}: R2* fit of {int(np.prod(vol.spatial_shape))} voxels")
                 model = R2StarModel(vol.meta.echo_times_s, **({"method": cfg["method"]} if cfg.get("method") else {}))
                 fit = model.fit(vol)
                 r2 = fit.volume("r2star")
-                from .volume import Meta, Volume
+                from .volume import Meta
 
                 if fit.sigma is None:  # no background to estimate the noise from: no SDs, said so
                     sd_data = np.full(vol.spatial_shape, np.nan, dtype=np.float32)
@@ -1049,17 +1093,24 @@ class _Subject:
                     sd_data[~np.isfinite(sd_data) | np.asarray(fit.failed)] = np.nan  # no fit, no SD
                 sd = Volume(sd_data, vol.affine, Meta(modality="MR", units="s-1",
                                                       series_description="R2* SD from noise (Cramer-Rao)"))
+                status = fit.volume("status")
                 io.save(r2, path, overwrite=True, inputs=[sc.path], parameters={"method": model.method})
                 io.save(sd, sig_path, overwrite=True, inputs=[sc.path], parameters={"method": model.method,
                                                                                    "sigma": fit.sigma})
-                self.steps.mark(key, fp, [path, sig_path])
-            self.outputs += [path, sig_path]
-            fits[ses] = (r2, sd)
+                io.save(status, st_path, overwrite=True, inputs=[sc.path],
+                        parameters={"method": model.method, "status_codes": dict(STATUS)})
+                self.steps.mark(key, fp, [path, sig_path, st_path])
+            self.outputs += [path, sig_path, st_path]
+            # voxels with an R2* value (ok or not converged); the others (saturated: R2* beyond what TE1 can
+            # measure, noise floor, outside the body) hold 0 and are left out of every ROI statistic
+            fitted = Volume(np.isin(np.asarray(status.data), (STATUS["ok"], STATUS["not_converged"])), r2.affine)
+            fits[ses] = (r2, sd, fitted)
             masks = self.rois_on(ses, "mge", vol)
             self.maps[(ses, "r2star")] = r2
             for name, m in masks.items():
-                if np.asarray(m.data).any():
-                    s = roi.stats(r2, m)
+                mf = self._fitted_part(ses, name, m, fitted)
+                if mf is not None:
+                    s = roi.stats(r2, mf)
                     self.add(ses, "MR", name, "r2star_mean", s["mean"], sd=s["sd"], n_voxels=s["n_voxels"],
                              volume_ml=s["volume_ml"])
         pre = cfg.get("pre")
@@ -1072,15 +1123,18 @@ class _Subject:
             from .relax.iron import relaxivity as lookup_relaxivity
 
             rel = lookup_relaxivity(cfg["agent"], cfg["field_t"])
-        pre_r2, pre_sd = fits[pre]
+        pre_r2, pre_sd, pre_fit = fits[pre]
         pre_masks = self.rois_on(pre, "mge")
-        for ses, (r2, sd) in fits.items():
+        for ses, (r2, sd, fitted) in fits.items():
             if ses == pre:
                 continue
             # post -> pre grid: pre points -> baseline -> post
             t = self.baseline_to(ses, "mge") @ self.baseline_to(pre, "mge").inverse()
             post = resample(r2, pre_r2, t)
             post_sd = resample(sd, pre_r2, t, interpolation="nearest", default_value=np.nan)
+            post_fit = resample(Volume(np.asarray(fitted.data).astype(np.uint8), fitted.affine), pre_r2, t,
+                                interpolation="nearest")
+            both = Volume(np.asarray(pre_fit.data) & (np.asarray(post_fit.data) > 0), pre_r2.affine)
             d = delta_r2star(pre_r2, post)
             fe = iron_concentration(d, relaxivity=rel)
             for nm, v, unit in (("dR2starmap", d, "s-1"), ("ironmap", fe, "mM")):
@@ -1090,11 +1144,13 @@ class _Subject:
                         parameters={"pre_session": pre, "relaxivity_per_s_per_mM": float(getattr(rel, "value", rel))})
                 self.outputs.append(p)
             self.maps[(ses, "dr2star")] = d
+            self.maps[(ses, "dr2star", "masks")] = pre_masks
             self.maps[(ses, "iron")] = fe
             fe_ug = iron_mass_ug(fe)
             pg = cfg.get("pg_fe_per_cell")
             for name, m in pre_masks.items():
-                if not np.asarray(m.data).any():
+                m = self._fitted_part(ses, name, m, both, what="dR2*, iron and cells")
+                if m is None:
                     continue
                 s = roi.stats(d, m)
                 self.add(ses, "MR", name, "dr2star_mean", s["mean"], sd=s["sd"], n_voxels=s["n_voxels"],
@@ -1108,10 +1164,6 @@ class _Subject:
                     # uncertainty of the ROI sum from the per-voxel R2* SDs (independent voxels)
                     var_vox = (np.asarray(pre_sd.data)[mdat].astype(np.float64) ** 2
                                + np.asarray(post_sd.data)[mdat].astype(np.float64) ** 2)
-                    n_nan = int((~np.isfinite(var_vox)).sum())
-                    if n_nan:
-                        self.notes.append(f"ses-{ses} {name}: {n_nan} of {var_vox.size} voxels have no R2* fit (dR2* 0 "
-                                          "there): the cell number leaves them out and its SD does too")
                     var_d = float(np.nansum(var_vox))
                     rv = float(getattr(rel, "value", rel))
                     ug_per_dr2 = float(iron_mass_ug(1.0 / rv, voxel_volume_ml=pre_r2.voxel_volume_ml))
@@ -1120,6 +1172,70 @@ class _Subject:
                     self.add(ses, "MR", name, "cells_mri_sd", n_sd)
                     self.add(ses, "MR", name, "cells_mri_min", 3.0 * n_sd)
 
+
+    #: An ROI whose voxels have R2* values in less than this fraction gets no R2* statistics
+    MIN_FITTED_FRACTION = 0.5
+
+    def _fitted_part(self, ses, name, m, fitted, what="R2*"):
+        """The voxels of ROI ``m`` that have an R2* value (``fitted``), or None (and a note) when fewer than
+        :attr:`MIN_FITTED_FRACTION` of them do: an ROI mean over its few fitted voxels would be biased."""
+        from .volume import Volume
+
+        md = np.asarray(m.data).astype(bool)
+        n = int(md.sum())
+        if n == 0:
+            return None
+        mf = md & np.asarray(fitted.data).astype(bool)
+        k = int(mf.sum())
+        if k < self.MIN_FITTED_FRACTION * n:
+            self.notes.append(f"ses-{ses} {name}: only {k} of {n} voxels have an R2* value (the others are "
+                              "saturated -- R2* beyond what the first echo can measure -- or at the noise floor): "
+                              f"no {what} for this ROI; a shorter first echo would measure it")
+            return None
+        if k < n:
+            self.notes.append(f"ses-{ses} {name}: {n - k} of {n} voxels have no R2* value: the {what} statistics "
+                              "leave them out")
+        return Volume(mf, m.affine)
+
+    def profiles(self):
+        """Rim-to-core profile and core-to-rim ratio of the ``[profile]`` ROI on every uptake and dR2* map."""
+        from . import roi
+
+        cfg = self.study.profile
+        if cfg is None:
+            return
+        name, rim, step = cfg["roi"], float(cfg["rim_mm"]), cfg.get("step_mm")
+        items = []
+        for ses in self.sessions:
+            for em in _EMISSION:
+                if (ses, em) in self.maps:
+                    u = next(iter(self.maps[(ses, em)]))
+                    items.append((ses, em, u, self.maps[(ses, em)][u], self.maps[(ses, em, "masks")].get(name)))
+            if (ses, "dr2star") in self.maps:
+                items.append((ses, "MR", "dr2star", self.maps[(ses, "dr2star")],
+                              self.maps[(ses, "dr2star", "masks")].get(name)))
+        for ses, modality, what, img, m in items:
+            if m is None or not np.asarray(m.data).any():
+                continue
+            self.progress(f"{self.sid} ses-{ses}: {name} rim-to-core profile ({what})")
+            try:
+                prof = roi.rim_core_profile(img, m, step_mm=step)
+                ix = roi.infiltration_index(img, m, rim_mm=rim)
+            except InvivoError as err:
+                self.notes.append(f"ses-{ses} {modality} {name}: no rim-to-core profile: {err}")
+                continue
+            unit = MEASURES.get(f"{what}_rim_mean", "")
+            for r in prof.itertuples(index=False):
+                self.profile_rows.append({"subject": self.sid, "group": self.subj.group, "session": ses,
+                                          "time_h": self.time_h[ses], "modality": modality, "roi": name, "map": what,
+                                          "depth_mm": r.depth_mm, "depth_mm_lo": r.depth_mm_lo,
+                                          "depth_mm_hi": r.depth_mm_hi, "mean": r.mean, "sd": r.sd,
+                                          "n_voxels": r.n_voxels, "unit": unit})
+            self.add(ses, modality, name, f"{what}_rim_mean", ix["rim_mean"], sd=ix["rim_sd"],
+                     n_voxels=ix["rim_n_voxels"], volume_ml=ix["rim_volume_ml"])
+            self.add(ses, modality, name, f"{what}_core_mean", ix["core_mean"], sd=ix["core_sd"],
+                     n_voxels=ix["core_n_voxels"], volume_ml=ix["core_volume_ml"])
+            self.add(ses, modality, name, f"{what}_core_to_rim", ix["core_to_rim"])
 
 
 # ============================================================================ cohort steps
@@ -1278,7 +1394,7 @@ def run(study, out_dir, *, overwrite: bool = False, subjects=None, progress: boo
             raise ParameterError(f"subject {s!r} is not in {st.path} (has {', '.join(st.subjects)})")
     steps = _Steps(out / "work")
     prog = _Progress(progress, len(sids))
-    rows, reg_rows, failures, notes, outputs = [], [], {}, [], []
+    rows, reg_rows, prof_rows, failures, notes, outputs = [], [], [], {}, [], []
     held: dict[str, _Subject] = {}
     for sid in sids:
         s = _Subject(st, sid, out, steps, prog)
@@ -1287,6 +1403,7 @@ def run(study, out_dir, *, overwrite: bool = False, subjects=None, progress: boo
             s.register()
             s.uptake()
             s.r2star()
+            s.profiles()
             held[sid] = s
         except InvivoError as e:
             failures[sid] = str(e)
@@ -1297,6 +1414,7 @@ def run(study, out_dir, *, overwrite: bool = False, subjects=None, progress: boo
             prog(f"{sid}: FAILED (bug): {type(e).__name__}: {e}")
         rows += s.rows
         reg_rows += s.reg_rows
+        prof_rows += s.profile_rows
         outputs += s.outputs
         notes += [f"{sid}: {n}" for n in s.notes]
         prog(f"{sid}: done", step=True)
@@ -1316,8 +1434,11 @@ def run(study, out_dir, *, overwrite: bool = False, subjects=None, progress: boo
     written += _write_table(kin, tables / "kinetics.tsv", notes)
     if len(regs):
         written += _write_table(regs, tables / "registrations.tsv", notes)
+    profiles = pd.DataFrame(prof_rows)
+    if len(profiles):
+        written += _write_table(profiles, tables / "profiles.tsv", notes)
     result = StudyResult(out_dir=out, table=table, kinetics=kin, registrations=regs, failures=failures,
-                         reused=list(steps.reused), derivatives=outputs)
+                         reused=list(steps.reused), derivatives=outputs, profiles=profiles)
     prov = {"invivo_version": _version(), "study_file": str(st.path), "study_sha256": st.text_sha256,
             "subjects": sids, "failures": failures, "notes": notes, "reused_steps": steps.reused,
             "created": datetime.now().isoformat(timespec="seconds"), "tables": [str(p) for p in written]}
@@ -1452,6 +1573,31 @@ def _write_report(study: Study, result: StudyResult, held: dict, prov: dict) -> 
         wide = cells.pivot_table(index=["subject", "session", "time_h", "roi"], columns="measure",
                                  values="value").reset_index()
         rep.table(wide, "Labeled cells per ROI", float_format="{:.4g}".format)
+        if {"cells_pet", "cells_mri"} <= set(cells.measure):
+            try:
+                png = rp.cells_png(table, figs / "cells_pet_vs_mri.png", overwrite=True)
+            except InvivoError as err:
+                prov["notes"].append(f"no PET-vs-MRI cells figure: {err}")
+            else:
+                rep.figure(png, "Labeled cells per ROI from PET (89Zr) against MRI (iron), +/- 1 SD from voxel noise; "
+                           "dotted lines: median detection limits (3 SD)")
+
+    # --- rim and core
+    if result.profiles is not None and len(result.profiles):
+        cfg = study.profile
+        rep.section(f"{cfg['roi']}: rim to core", f"Mean value against depth inward from the {cfg['roi']}'s "
+                    f"boundary; rim = the outer {cfg['rim_mm']:g} mm.  Core-to-rim ratio ~1: spread through the "
+                    "core (infiltrated); << 1: held at the rim (immune-excluded).  Scanner blur pulls the ratio "
+                    "towards 1: compare ratios at the same resolution.")
+        for what in dict.fromkeys(result.profiles["map"]):
+            png = rp.profile_png(result.profiles, figs / f"profile_{what}.png", map=what, rim_mm=cfg["rim_mm"],
+                                 overwrite=True)
+            rep.figure(png, f"{cfg['roi']} rim-to-core profile of {what}, per session (group mean +/- SD)")
+        ratio = table[table.measure.str.endswith("_core_to_rim")] if len(table) else table
+        if len(ratio):
+            wide = ratio.pivot_table(index=["group", "subject", "session", "time_h"], columns="measure",
+                                     values="value").reset_index()
+            rep.table(wide, f"{cfg['roi']}: core-to-rim ratio per map", float_format="{:.3f}".format)
 
     # --- kinetics
     if len(result.kinetics):

@@ -24,7 +24,7 @@ def test_demo_recovers_truth(demo):
     measures = {c["what"].split()[-1] for c in demo.checks}
     # every kind of number the pipeline produces is judged against the truth
     for m in ("idg_mean", "r2star_mean", "dr2star_mean", "cells_pet", "cells_mri", "Ki_per_h", "specific_fraction",
-              "k_blood_tumour_per_h"):
+              "k_blood_tumour_per_h", "idg_core_to_rim", "dr2star_core_to_rim"):
         assert m in measures, m
     assert len(demo.checks) > 100
     assert demo.passed
@@ -33,7 +33,7 @@ def test_demo_recovers_truth(demo):
 def test_demo_outputs(demo):
     res = demo.study
     out = res.out_dir
-    for t in ("measures", "kinetics", "registrations"):
+    for t in ("measures", "kinetics", "registrations", "profiles"):
         assert (out / "tables" / f"{t}.tsv").exists()
         assert (out / "tables" / f"{t}.parquet").exists()
     import pandas as pd
@@ -134,3 +134,62 @@ def test_sphere_and_threshold_rois(demo, tmp_path):
         assert t.loc[(ses, "core_sphere"), "n_voxels"] == t.loc[(ses, "tumour_core"), "n_voxels"]
         assert t.loc[(ses, "hot"), "n_voxels"] < t.loc[(ses, "tumour"), "n_voxels"]
         assert t.loc[(ses, "hot"), "value"] > t.loc[(ses, "tumour"), "value"]
+
+
+def test_partial_volume_correction_in_the_pipeline(demo, tmp_path):
+    """[uptake] pv_fwhm_mm: idg_mean_pvc = idg_mean / RC, RC the closed-form sphere recovery at the ROI's
+    equivalent-sphere diameter (from its voxel count), only for the ROIs named in pv_rois."""
+    from invivo.roi import sphere_recovery
+    from invivo.study import load_study, run
+
+    src = demo.out_dir
+    text = (src / "study.toml").read_text().replace('units = ["idg", "suvbw"]',
+                                                    'units = ["idg", "suvbw"]\npv_fwhm_mm = 1.5\n'
+                                                    'pv_rois = ["tumour", "spleen"]')
+    sf = src / "study_pv.toml"
+    sf.write_text(text)
+    out = tmp_path / "pv"
+    shutil.copytree(src / "results", out)
+    res = run(load_study(sf), out, overwrite=True, subjects=["pdl1"], report=False)
+    t = res.table[res.table.modality == "pet"].set_index(["session", "roi", "measure"])
+    assert not any(t.index.get_level_values("roi")[t.index.get_level_values("measure") == "idg_mean_pvc"]
+                   .isin(["liver", "heart"]))
+    for ses in ("d1", "d3", "d6"):
+        for r in ("tumour", "spleen"):
+            row = t.loc[(ses, r, "idg_mean")]
+            d = (6.0 * row.volume_ml * 1e3 / np.pi) ** (1 / 3)  # mm
+            rc = float(sphere_recovery(1.5, d))
+            assert t.loc[(ses, r, "pv_rc"), "value"] == pytest.approx(rc, rel=1e-6)
+            assert t.loc[(ses, r, "idg_mean_pvc"), "value"] == pytest.approx(row.value / rc, rel=1e-6)
+            assert t.loc[(ses, r, "suvbw_mean_pvc"), "value"] == pytest.approx(
+                t.loc[(ses, r, "suvbw_mean"), "value"] / rc, rel=1e-6)
+
+
+def test_rim_to_core_profiles(demo):
+    """[profile]: the profile table, its figures, and the core-to-rim ratios (judged against the truth in
+    test_demo_recovers_truth): CAR-T cells held at the rim (~0.38), the antibody spread evenly (1.0)."""
+    import pandas as pd
+
+    res = demo.study
+    prof = pd.read_parquet(res.out_dir / "tables" / "profiles.parquet")
+    assert set(prof["map"]) == {"idg", "dr2star"}
+    assert {"subject", "session", "depth_mm", "mean", "sd", "n_voxels", "unit"} <= set(prof.columns)
+    one = prof[(prof.subject == "cart1") & (prof.session == "d7") & (prof["map"] == "dr2star")].sort_values("depth_mm")
+    assert one["depth_mm"].is_monotonic_increasing and one["mean"].iloc[0] > 2 * one["mean"].iloc[-1]
+    for m in ("idg", "dr2star"):
+        assert (res.out_dir / "figures" / f"profile_{m}.png").exists()
+    assert (res.out_dir / "figures" / "cells_pet_vs_mri.png").exists()
+    tab = res.table
+    ratio = tab[tab.measure == "idg_core_to_rim"].set_index("subject").value
+    assert ratio.loc["cart1"].max() < 0.6 and (ratio.loc[["pdl1", "pdl2"]] - 1).abs().max() < 0.15
+
+
+def test_saturated_rois_get_no_r2star_numbers(demo):
+    """The phantom's lungs (R2* 600 s-1, S0 150) are saturated at TE1 = 2 ms in most voxels: no R2*, dR2* or
+    cells from MRI for them (a mean over the few fitted voxels would be biased), and a note says why."""
+    tab = demo.study.table
+    lungs = tab[(tab.roi == "lungs") & (tab.modality == "MR")]
+    assert lungs.empty, lungs.measure.unique()
+    assert len(tab[(tab.roi == "lungs") & (tab.measure == "cells_pet")]) == 4
+    notes = json.loads((demo.study.out_dir / "study.json").read_text())["notes"]
+    assert any("lungs: only" in n and "saturated" in n for n in notes)

@@ -481,3 +481,48 @@ def test_report_overwrite_and_bad_input(tmp_path):
         rep.table([1, 2], "x")
     with pytest.raises(ParameterError, match="title"):
         R.Report("", tmp_path)
+
+
+def _profiles():
+    """Two groups x two subjects x two sessions; subject k of group g: value = base[g] * (k + 1) + depth."""
+    rows = []
+    base = {"excluded": 1.0, "infiltrated": 5.0}
+    for g, b in base.items():
+        for k in range(2):
+            for ses, t in (("d1", 24.0), ("d3", 72.0)):
+                for depth in (0.25, 0.75, 1.25):
+                    rows.append({"subject": f"{g[:3]}{k}", "group": g, "session": ses, "time_h": t, "map": "idg",
+                                 "depth_mm": depth, "mean": b * (k + 1) + depth + (ses == "d3"), "unit": "%ID/g"})
+    return pd.DataFrame(rows), base
+
+
+def test_profile_means_per_group_and_session(tmp_path):
+    prof, base = _profiles()
+    _, fig = R.profile_png(prof, tmp_path / "p.png", map="idg", rim_mm=1.0, return_figure=True)
+    for ses, shift in (("d1", 0.0), ("d3", 1.0)):
+        ax = _ax(fig, f"session:{ses}")
+        for g, b in base.items():
+            ln = _lines(ax, "mean:")[g]
+            np.testing.assert_allclose(ln.get_xdata(), [0.25, 0.75, 1.25])
+            np.testing.assert_allclose(ln.get_ydata(), 1.5 * b + np.array([0.25, 0.75, 1.25]) + shift, rtol=1e-12)
+    with pytest.raises(ParameterError, match="map='dr2star'"):
+        R.profile_png(prof, tmp_path / "q.png", map="dr2star")
+
+
+def test_cells_pet_against_mri_and_detection_limits(tmp_path):
+    rows = []
+    vals = {("s1", "tumour"): (2e5, 1.8e5), ("s1", "spleen"): (1e5, 1.1e5), ("s1", "lungs"): (3e5, -5e5)}
+    for (subj, roi), (pet, mri) in vals.items():
+        for m, v in (("cells_pet", pet), ("cells_pet_sd", 1e3), ("cells_pet_min", 3e3),
+                     ("cells_mri", mri), ("cells_mri_sd", 2e3), ("cells_mri_min", 6e3)):
+            rows.append({"subject": subj, "session": "d1", "roi": roi, "measure": m, "value": v})
+    _, fig = R.cells_png(pd.DataFrame(rows), tmp_path / "c.png", return_figure=True)
+    ax = fig.axes[0]
+    pts = _lines(ax, "roi:")
+    assert pts["tumour"].get_xdata()[0] == pytest.approx(1.8e5) and pts["tumour"].get_ydata()[0] == pytest.approx(2e5)
+    # the lungs' negative MRI number is drawn at the MRI detection limit, open
+    below = _lines(ax, "below:")["lungs"]
+    assert below.get_xdata()[0] == pytest.approx(6e3) and below.get_ydata()[0] == pytest.approx(3e5)
+    assert "lungs" not in pts or len(pts["lungs"].get_xdata()) == 0
+    with pytest.raises(ParameterError, match="cells_mri"):
+        R.cells_png(pd.DataFrame(rows[:3]), tmp_path / "d.png")
