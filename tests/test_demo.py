@@ -85,6 +85,10 @@ def test_run_cli_check_and_refusal(demo, capsys):
     sf = demo.out_dir / "study.toml"
     assert main(["run", str(sf), "--out", str(demo.out_dir / "results"), "--check"]) == 0
     assert "OK" in capsys.readouterr().out
+    assert main(["run", str(sf), "--check"]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["run", str(sf)]) == 2
+    assert "--out is required" in capsys.readouterr().err
     # an existing report is not overwritten without --overwrite
     assert main(["run", str(sf), "--out", str(demo.out_dir / "results"), "--quiet"]) == 2
     assert "--overwrite" in capsys.readouterr().err

@@ -8,7 +8,8 @@ HELP = "run a study file: ingest, co-register, uptake, R2*, ROI statistics, kine
 
 def add_arguments(p):
     p.add_argument("study", help="study file (TOML; see docs/study.md)")
-    p.add_argument("--out", required=True, help="output folder (derivatives/, tables/, figures/, report.html)")
+    p.add_argument("--out", help="output folder (derivatives/, tables/, figures/, report.html); required unless "
+                   "--check")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier report and tables (finished registrations and fits are reused)")
     p.add_argument("--subject", action="append", default=None,
@@ -26,6 +27,10 @@ def run(args) -> int:
         print(f"{study.path}: {len(study.subjects)} subjects, {n_ses} sessions, {len(study.scans)} scans, "
               f"{len(study.rois)} ROIs, {len(study.kinetics)} kinetic analyses: OK")
         return 0
+    if not args.out:
+        from ..errors import ParameterError
+
+        raise ParameterError("--out is required to run the study (only --check runs without it)")
     res = run(study, args.out, overwrite=args.overwrite, subjects=args.subject, progress=not args.quiet)
     print(f"{len(res.table)} measures of {len(study.subjects) - len(res.failures)} subjects in "
           f"{res.out_dir / 'tables' / 'measures.tsv'}; report {res.report}; {res.seconds:.1f} s"
