@@ -70,6 +70,7 @@ MODULES = [
     "invivo.kinetics.tac",
     "invivo.synth",
     "invivo.study",
+    "invivo.pacs",
     "invivo.demo",
     "invivo.report",
     "invivo.isotopes",

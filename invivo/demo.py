@@ -34,7 +34,7 @@ import numpy as np
 
 from .errors import InvivoWarning, OutputExistsError
 
-__all__ = ["run_demo", "build_demo_study", "DemoResult", "CART_CELLS", "PG_FE_PER_CELL", "RELAXIVITY"]
+__all__ = ["run_demo", "build_demo_study", "build_cohort", "DemoResult", "CART_CELLS", "PG_FE_PER_CELL", "RELAXIVITY"]
 
 INJECTION = datetime(2026, 3, 2, 9, 30, 0)
 CART_CELLS = 5.0e6
@@ -405,3 +405,73 @@ def run_demo(out_dir: str | Path = "invivo-demo", *, overwrite: bool = False, vo
     pd.DataFrame(result.checks).to_csv(out / "recovered_vs_truth.tsv", sep="\t", index=False)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+# ----------------------------------------------------------------------------- cohorts
+def build_cohort(folder, n_studies: int, *, subjects_per_study: int = 1, voxel_size_mm: float = 1.0,
+                 seed: int = 0) -> list[Path]:
+    """Write ``n_studies`` small study files (for cohort runs and their benchmark), each under ``folder/NAME/``.
+
+    Every subject: one session 72 h after a 89Zr anti-PD-L1 antibody, a gradient-echo MR and a PET
+    repositioned against it (up to 3 degrees / 2 mm), the phantom's organ labels as ROIs.
+
+    Returns
+    -------
+    list of Path
+        The study files, ``folder/study001/study001.toml`` and so on.
+    """
+    from pydicom.uid import generate_uid
+
+    from . import io
+    from .synth import mouse_phantom, render_mr, render_pet, write_dicom
+    from .synth.displaced import random_rigid
+    from .volume import Volume
+
+    if not (isinstance(n_studies, int) and n_studies >= 1):
+        raise ValueError(f"n_studies must be a positive integer, got {n_studies!r}")
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    phantom = mouse_phantom(voxel_size_mm=voxel_size_mm)
+    a0 = phantom.labels.affine
+    t_h = MAB_SESSIONS_H["d3"]
+    files = []
+    for k in range(n_studies):
+        name = f"study{k + 1:03d}"
+        root = folder / name
+        (root / "inputs").mkdir(parents=True, exist_ok=True)
+        io.save(phantom.labels, root / "inputs" / "labels.nii.gz", overwrite=True)
+        lines = ['[study]', f'name = "{name}"', 'root = "inputs"', '']
+        for j in range(subjects_per_study):
+            sid = f"m{j + 1:02d}"
+            study_uid = generate_uid()
+            idg = {o: _mab_idg(o, t_h, False) for o in MAB_TISSUE}
+            mr, _ = render_mr(phantom, echo_times_s=(0.003, 0.006), noise_sigma=MR_SIGMA,
+                              seed=int(rng.integers(1 << 30)))
+            mr.meta.series_datetime = INJECTION + timedelta(hours=t_h, minutes=25)
+            pet, _ = render_pet(phantom, percent_id_per_g=idg, injected_activity_bq=MAB_ACTIVITY_BQ, isotope="89Zr",
+                                injection_datetime=INJECTION, scan_delay_s=t_h * 3600.0, frame_starts_s=[0.0],
+                                frame_durations_s=[1200.0], noise=PET_NOISE, seed=int(rng.integers(1 << 30)),
+                                radiopharmaceutical="89Zr-anti-PD-L1", subject_id=sid)
+            motion = random_rigid(rng, max_rotation_deg=3.0, max_translation_mm=2.0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", InvivoWarning)
+                for kind, vol, desc, num in (("mr", Volume(mr.data, a0, mr.meta), "GRE anatomy", 1),
+                                             ("pet", Volume(pet.data, motion @ a0, pet.meta), "PET 89Zr", 2)):
+                    write_dicom(vol, root / "inputs" / sid / kind, patient_id=f"{name}-{sid}", series_description=desc,
+                                overwrite=True, seed=int(rng.integers(1 << 30)), study_uid=study_uid,
+                                series_number=num, **({"enhanced": True} if kind == "mr" else {}))
+            lines += ['[[subject]]', f'id = "{sid}"', 'group = "aPDL1"', 'weight_g = 25.0', '',
+                      '[[injection]]', f'subject = "{sid}"', 'tracer = "89Zr-anti-PD-L1"', 'isotope = "89Zr"',
+                      f'activity_mbq = {MAB_ACTIVITY_BQ / 1e6:g}', f'time = {INJECTION.isoformat()}', '']
+            for kind in ("mr", "pet"):
+                lines += ['[[scan]]', f'subject = "{sid}"', 'session = "d3"', f'kind = "{kind}"',
+                          f'path = "{sid}/{kind}"', '']
+        for roi in ("liver", "spleen", "tumour"):
+            labs = ROI_LABELS[roi]
+            lab = labs[0] if len(labs) == 1 else "[" + ", ".join(map(str, labs)) + "]"
+            lines += ['[[roi]]', f'name = "{roi}"', 'labels = "labels.nii.gz"', f'label = {lab}', '']
+        lines += ['[uptake]', 'units = ["idg"]', '']
+        f = root / f"{name}.toml"
+        f.write_text("\n".join(lines))
+        files.append(f)
+    return files

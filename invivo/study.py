@@ -98,8 +98,8 @@ import numpy as np
 from .errors import InvivoError, InvivoWarning, OutputExistsError, ParameterError
 from .uptake import _ACTIVITY_UNITS, _norm_units
 
-__all__ = ["Study", "ScanDef", "RoiDef", "InjectionDef", "SubjectDef", "load_study", "run", "StudyResult",
-           "SCAN_KINDS", "MEASURES"]
+__all__ = ["Study", "ScanDef", "RoiDef", "InjectionDef", "SubjectDef", "load_study", "run", "run_cohort",
+           "process_subject", "StudyResult", "SubjectOutcome", "SCAN_KINDS", "MEASURES"]
 
 log = logging.getLogger("invivo.study")
 
@@ -132,9 +132,9 @@ _KEYS = {
     "scan": {"subject", "session", "kind", "path", "series", "echo", "time_h"},
     "roi": {"name", "subject", "labels", "label", "sphere", "radius_mm", "threshold", "within", "kind", "rtstruct",
             "structure"},
-    "registration": {"transform", "baseline", "pet_to_mr", "to_baseline", "seed"},
+    "registration": {"transform", "baseline", "pet_to_mr", "to_baseline", "seed", "threads"},
     "uptake": {"units", "peak", "pv_fwhm_mm", "pv_rois"},
-    "r2star": {"method", "pre", "relaxivity", "agent", "field_t", "pg_fe_per_cell", "mask_rois"},
+    "r2star": {"method", "pre", "relaxivity", "agent", "field_t", "pg_fe_per_cell", "mask_rois", "device"},
     "cells": {"activity_per_cell_bq", "labeling_hours_before_injection", "retention_24h", "rois"},
     "kinetics": {"model", "name", "groups", "organs", "free", "roi", "measure", "session", "total", "blocked",
                  "blood", "t_star_h"},
@@ -478,6 +478,9 @@ def load_study(path: str | os.PathLike) -> Study:
     for k in ("pet_to_mr", "to_baseline"):
         get("registration", None, reg, k, "bool")
     get("registration", None, reg, "seed", "int")
+    thr = get("registration", None, reg, "threads", "int")
+    if thr is not None and thr < 1:
+        raise fail("registration", None, "threads", f"must be a positive integer, got {thr}")
     reg.setdefault("transform", "rigid")
     reg.setdefault("pet_to_mr", True)
     reg.setdefault("to_baseline", True)
@@ -499,6 +502,7 @@ def load_study(path: str | os.PathLike) -> Study:
         from .relax.r2star import METHODS
 
         get("r2star", None, r2, "method", "str", choices=tuple(METHODS))
+        get("r2star", None, r2, "device", "str", choices=("auto", "cpu", "gpu"))
         pre = get("r2star", None, r2, "pre", "str")
         rel = get("r2star", None, r2, "relaxivity", "num", positive=True)
         agent = get("r2star", None, r2, "agent", "str")
@@ -821,7 +825,7 @@ class _Subject:
         fsc, msc = self.vols[(fixed_ses, fixed_kind)][1], self.vols[(moving_ses, moving_kind)][1]
         fp = _digest({"fixed": _fingerprint_path(fsc.path), "fseries": fsc.series, "moving": _fingerprint_path(msc.path),
                       "mseries": msc.series, "transform": reg_cfg["transform"], "seed": reg_cfg.get("seed", 0),
-                      "version": _version()})
+                      "threads": reg_cfg.get("threads", 1), "version": _version()})
         rec = self.steps.done(key, fp, [out_tfm])
         if rec is not None:
             self.progress(f"{self.sid}: {what} (reused {out_tfm.name})")
@@ -833,7 +837,10 @@ class _Subject:
         moving = _anatomy(self.vols[(moving_ses, moving_kind)][0])
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", InvivoWarning)
-            reg = register(fixed, moving, transform=reg_cfg["transform"], seed=reg_cfg.get("seed", 0))
+            # one thread by default: the metric's partial sums then add up in a fixed order and a study's numbers
+            # repeat exactly, run after run and on any number of cluster workers
+            reg = register(fixed, moving, transform=reg_cfg["transform"], seed=reg_cfg.get("seed", 0),
+                           threads=reg_cfg.get("threads", 1))
         for w in caught:
             self.notes.append(f"{what}: {w.message}")
         reg.transform.write(out_tfm, overwrite=True)
@@ -1051,6 +1058,7 @@ class _Subject:
     def r2star(self):
         from . import io, roi
         from .align import resample
+        from .backend import to_device
         from .relax import R2StarModel
         from .relax.r2star import STATUS
         from .volume import Volume
@@ -1079,21 +1087,24 @@ class _Subject:
             else:
                 self.progress(f"{self.sid} ses-{ses}: R2* fit of {int(np.prod(vol.spatial_shape))} voxels")
                 model = R2StarModel(vol.meta.echo_times_s, **({"method": cfg["method"]} if cfg.get("method") else {}))
-                fit = model.fit(vol)
-                r2 = fit.volume("r2star")
+                # on a GPU when there is one (a cluster's GPU workers each use their own), else NumPy
+                fit = model.fit(vol.to_device("gpu") if self._r2star_on_gpu() else vol)
+                r2 = fit.volume("r2star").to_device("cpu")
                 from .volume import Meta
 
+                s0_h, r2_h = to_device(fit.s0, "cpu"), to_device(fit.r2star, "cpu")
+                failed_h = to_device(fit.failed, "cpu")
                 if fit.sigma is None:  # no background to estimate the noise from: no SDs, said so
                     sd_data = np.full(vol.spatial_shape, np.nan, dtype=np.float32)
                     self.notes.append(f"ses-{ses}: no noise estimate for the R2* fit: no R2* SD map, no cell SDs")
                 else:
                     with np.errstate(divide="ignore", invalid="ignore"):
-                        sd_data = np.asarray(r2star_sd_from_noise(np.asarray(fit.s0), vol.meta.echo_times_s,
-                                                                  np.asarray(fit.r2star), fit.sigma), dtype=np.float32)
-                    sd_data[~np.isfinite(sd_data) | np.asarray(fit.failed)] = np.nan  # no fit, no SD
+                        sd_data = np.asarray(r2star_sd_from_noise(s0_h, vol.meta.echo_times_s, r2_h,
+                                                                  float(fit.sigma)), dtype=np.float32)
+                    sd_data[~np.isfinite(sd_data) | failed_h] = np.nan  # no fit, no SD
                 sd = Volume(sd_data, vol.affine, Meta(modality="MR", units="s-1",
                                                       series_description="R2* SD from noise (Cramer-Rao)"))
-                status = fit.volume("status")
+                status = fit.volume("status").to_device("cpu")
                 io.save(r2, path, overwrite=True, inputs=[sc.path], parameters={"method": model.method})
                 io.save(sd, sig_path, overwrite=True, inputs=[sc.path], parameters={"method": model.method,
                                                                                    "sigma": fit.sigma})
@@ -1172,6 +1183,15 @@ class _Subject:
                     self.add(ses, "MR", name, "cells_mri_sd", n_sd)
                     self.add(ses, "MR", name, "cells_mri_min", 3.0 * n_sd)
 
+
+    def _r2star_on_gpu(self) -> bool:
+        from .backend import has_gpu
+
+        dev = (self.study.r2star or {}).get("device", "auto")
+        if dev == "gpu" and not has_gpu():
+            raise ParameterError("[r2star] device = \"gpu\" but CuPy finds no CUDA device here: install invivo[gpu] "
+                                 "on a GPU machine, or use device = \"auto\" (GPU when there is one) or \"cpu\"")
+        return dev == "gpu" or (dev == "auto" and has_gpu())
 
     #: An ROI whose voxels have R2* values in less than this fraction gets no R2* statistics
     MIN_FITTED_FRACTION = 0.5
@@ -1346,8 +1366,103 @@ def _write_table(df, path_tsv: Path, notes: list[str]) -> list[Path]:
     return out
 
 
+@dataclass
+class SubjectOutcome:
+    """What one subject's task returns (:func:`process_subject`): plain data, cheap to send between processes."""
+
+    study: str
+    subject: str
+    rows: list = field(default_factory=list)
+    reg_rows: list = field(default_factory=list)
+    profile_rows: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    figures: list = field(default_factory=list)  # (section, png path, caption)
+    time_h: dict = field(default_factory=dict)
+    reused: list = field(default_factory=list)
+    failure: str | None = None
+    seconds: float = 0.0
+    host: str = ""
+
+
+def process_subject(study: Study, sid: str, out_dir, *, progress: bool = False, figures: bool = True,
+                    total: int = 1) -> SubjectOutcome:
+    """Every per-subject step of :func:`run` for one subject: ingest, co-registration, uptake, R2*, profiles and
+    the subject's figures.  Errors are caught and returned (``failure``), so one subject never stops the others;
+    this is the task a cluster worker runs."""
+    import socket
+
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    steps = _Steps(out / "work")
+    s = _Subject(study, sid, out, steps, _Progress(progress, total))
+    res = SubjectOutcome(study=study.name, subject=sid, host=socket.gethostname())
+    try:
+        s.load()
+        s.register()
+        s.uptake()
+        s.r2star()
+        s.profiles()
+        if figures:
+            res.figures = _subject_figures(study, s, out / "figures")
+    except InvivoError as e:
+        res.failure = str(e)
+    except Exception as e:  # a bug: report it, go on with the others
+        res.failure = f"{type(e).__name__}: {e}"
+        log.error("subject %s failed:\n%s", sid, traceback.format_exc())
+    res.rows, res.reg_rows, res.profile_rows = s.rows, s.reg_rows, s.profile_rows
+    res.outputs, res.notes, res.time_h, res.reused = s.outputs, s.notes, dict(s.time_h), list(steps.reused)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _subject_figures(study: Study, s: "_Subject", figs: Path) -> list[tuple[str, Path, str]]:
+    """The subject's own figures: PET on MR (fused) for one session, and its dR2* map and tumour R2* histogram."""
+    from . import report as rp
+    from .align import resample
+
+    figs.mkdir(parents=True, exist_ok=True)
+    out = []
+    sid = s.sid
+    cands = [x for x in s.sessions if (x, "pet") in s.maps] + [x for x in s.sessions if (x, "spect") in s.maps]
+    if cands:
+        ses = study.report.get("fused_session")
+        ses = ses if ses in cands else cands[-1]
+        em = "pet" if (ses, "pet") in s.maps else "spect"
+        kind = s.anatomy_kind(ses)
+        if kind is not None:
+            anat = _anatomy(s.vols[(ses, kind)][0])
+            unit = next(iter(s.maps[(ses, em)]))
+            on_mr = resample(s.maps[(ses, em)][unit], anat, s.to_emission[(ses, em)])
+            label = UPTAKE_UNITS[unit][0]
+            png = rp.fused_png(anat, on_mr, figs / f"sub-{sid}_ses-{ses}_fused.png", overlay_label=label,
+                               title=f"{sid} ({s.subj.group}), ses-{ses}: {label} on MR", overwrite=True)
+            out.append(("registration", png, f"{sid} ses-{ses}: PET {label} resampled onto the session MR through "
+                        "the registration (slices through the maximum, and MIPs)"))
+    pre = (study.r2star or {}).get("pre")
+    posts = [x for x in s.sessions if (x, "dr2star") in s.maps]
+    if posts and pre is not None:
+        post = posts[-1]
+        anat = _anatomy(s.vols[(pre, "mge")][0])
+        masks = s.maps[(post, "dr2star", "masks")]
+        tm = next((masks[n] for n in ("tumour", "tumour_rim") if n in masks), None)
+        png = rp.map_png(s.maps[(post, "dr2star")], figs / f"sub-{sid}_ses-{post}_dR2star.png", underlay=anat,
+                         label="dR2* (s-1)", mask=tm, title=f"{sid}: dR2* ses-{post} vs ses-{pre}", overwrite=True)
+        out.append(("spio", png, f"{sid}: dR2* map, ses-{post} against ses-{pre} (slices through the tumour)"))
+        if tm is not None:
+            m = np.asarray(tm.data)
+            vals = {f"ses-{pre}": np.asarray(s.maps[(pre, "r2star")].data)[m]}
+            post_on_pre = resample(s.maps[(post, "r2star")], s.maps[(pre, "r2star")],
+                                   s.baseline_to(post, "mge") @ s.baseline_to(pre, "mge").inverse())
+            vals[f"ses-{post}"] = np.asarray(post_on_pre.data)[m]
+            png = rp.histogram_png(vals, figs / f"sub-{sid}_r2star_hist.png", label="R2* (s-1)",
+                                   title=f"{sid}: tumour R2* before and after the labeled cells", overwrite=True)
+            out.append(("spio", png, f"{sid}: R2* in the tumour, before vs after the cells (medians marked)"))
+    return out
+
+
 def run(study, out_dir, *, overwrite: bool = False, subjects=None, progress: bool = False, report: bool = True,
-        truth=None) -> StudyResult:
+        truth=None, scheduler=None, workers: int | None = None) -> StudyResult:
     """Run the whole pipeline of a study.
 
     Parameters
@@ -1356,10 +1471,10 @@ def run(study, out_dir, *, overwrite: bool = False, subjects=None, progress: boo
         A :class:`Study` or the path of a study file (:func:`load_study`).
     out_dir : str or Path
         Output folder: ``derivatives/invivo/sub-*/ses-*/`` (NIfTI maps + JSON, transforms),
-        ``tables/`` (``measures``, ``kinetics``, ``registrations`` as TSV and Parquet),
-        ``figures/``, ``report.html`` and ``study.json`` (provenance).  A second run into the
-        same folder reuses the finished registrations and R2* fits whose inputs have not
-        changed (``work/``) and rewrites the rest; an existing report is kept unless
+        ``tables/`` (``measures``, ``kinetics``, ``registrations``, ``profiles`` as TSV and
+        Parquet), ``figures/``, ``report.html`` and ``study.json`` (provenance).  A second run
+        into the same folder reuses the finished registrations and R2* fits whose inputs have
+        not changed (``work/``) and rewrites the rest; an existing report is kept unless
         ``overwrite``.
     overwrite : bool
         Replace an earlier report and tables.
@@ -1372,6 +1487,14 @@ def run(study, out_dir, *, overwrite: bool = False, subjects=None, progress: boo
     truth : pandas.DataFrame, optional
         Known values (columns ``subject, session, roi, measure, truth``[, ``tolerance``]) merged
         into the tidy table (the demo's recovered-vs-truth check).
+    scheduler : None, "local", str or distributed.Client
+        None (default): the subjects one after the other in this process.  ``"local"``: a
+        ``dask.distributed`` cluster on this machine with ``workers`` processes; an address
+        (``tcp://host:8786``): that scheduler's workers; a ``Client``: its cluster.  Each
+        subject is one task (retried on another worker if its worker dies); the numbers are
+        identical to a serial run's.  Needs the ``cluster`` extra.
+    workers : int, optional
+        Worker processes of a ``"local"`` cluster (default 2).
 
     Returns
     -------
@@ -1379,45 +1502,171 @@ def run(study, out_dir, *, overwrite: bool = False, subjects=None, progress: boo
         The tidy table (one row per subject x session x ROI x measure), kinetic results,
         the registrations, failures per subject (the other subjects complete) and paths.
     """
-    import pandas as pd
-
-    t0 = time.perf_counter()
     st = study if isinstance(study, Study) else load_study(study)
     out = Path(out_dir)
-    if (out / "report.html").exists() and not overwrite:
-        raise OutputExistsError(f"{out / 'report.html'} exists: choose another --out, or pass --overwrite "
-                                "(finished registrations and fits are reused)")
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out, overwrite)
     sids = list(st.subjects) if subjects is None else list(subjects)
     for s in sids:
         if s not in st.subjects:
             raise ParameterError(f"subject {s!r} is not in {st.path} (has {', '.join(st.subjects)})")
-    steps = _Steps(out / "work")
-    prog = _Progress(progress, len(sids))
-    rows, reg_rows, prof_rows, failures, notes, outputs = [], [], [], {}, [], []
-    held: dict[str, _Subject] = {}
-    for sid in sids:
-        s = _Subject(st, sid, out, steps, prog)
+    t0 = time.perf_counter()
+    outcomes = _run_subjects([(st, sid, out) for sid in sids], scheduler=scheduler, workers=workers,
+                             progress=progress, figures=report)
+    return _assemble(st, out, outcomes, truth=truth, report=report, progress=progress, t0=t0)
+
+
+def run_cohort(studies, out_dir, *, overwrite: bool = False, progress: bool = False, report: bool = True,
+               scheduler=None, workers: int | None = None) -> dict:
+    """Run several studies, every subject of every study one task: ``out_dir/<study file stem>/`` each.
+
+    Parameters
+    ----------
+    studies : list of str or Path
+        Study files; their stems must differ.
+    out_dir : str or Path
+    overwrite, progress, report, scheduler, workers
+        As in :func:`run`.
+
+    Returns
+    -------
+    dict
+        Study file stem -> :class:`StudyResult`, or -> the error (str) of a study that could
+        not be read or run; the other studies complete.
+    """
+    paths = [Path(p) for p in studies]
+    stems = [p.stem for p in paths]
+    if len(set(stems)) != len(stems):
+        raise ParameterError(f"study files must have different names (their outputs go to DIR/<name>/): {stems}")
+    out = Path(out_dir)
+    results: dict = {}
+    jobs, loaded = [], {}
+    for p in paths:
         try:
-            s.load()
-            s.register()
-            s.uptake()
-            s.r2star()
-            s.profiles()
-            held[sid] = s
+            st = load_study(p)
+            _check_out(out / p.stem, overwrite)
         except InvivoError as e:
-            failures[sid] = str(e)
-            prog(f"{sid}: FAILED: {e}")
-        except Exception as e:  # a bug: report it, go on with the others
-            failures[sid] = f"{type(e).__name__}: {e}"
-            log.error("subject %s failed:\n%s", sid, traceback.format_exc())
-            prog(f"{sid}: FAILED (bug): {type(e).__name__}: {e}")
-        rows += s.rows
-        reg_rows += s.reg_rows
-        prof_rows += s.profile_rows
-        outputs += s.outputs
-        notes += [f"{sid}: {n}" for n in s.notes]
-        prog(f"{sid}: done", step=True)
+            results[p.stem] = str(e)
+            continue
+        loaded[p.stem] = st
+        jobs += [(st, sid, out / p.stem) for sid in st.subjects]
+    t0 = time.perf_counter()
+    outcomes = _run_subjects(jobs, scheduler=scheduler, workers=workers, progress=progress, figures=report)
+    for stem, st in loaded.items():
+        mine = [o for (s_, _, _), o in zip(jobs, outcomes) if s_ is st]
+        try:
+            results[stem] = _assemble(st, out / stem, mine, truth=None, report=report, progress=progress, t0=t0)
+        except InvivoError as e:
+            results[stem] = str(e)
+    return {p.stem: results[p.stem] for p in paths}
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if (out / "report.html").exists() and not overwrite:
+        raise OutputExistsError(f"{out / 'report.html'} exists: choose another --out, or pass --overwrite "
+                                "(finished registrations and fits are reused)")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+class _Cluster:
+    """A ``distributed.Client`` for ``scheduler`` ("local", an address or a Client), closed on exit if made here."""
+
+    def __init__(self, scheduler, workers):
+        self.scheduler, self.workers, self.own = scheduler, workers, []
+
+    def __enter__(self):
+        try:
+            import distributed
+        except ImportError:
+            raise ParameterError("running on a cluster needs dask.distributed: pip install 'invivo[cluster]'") from None
+        if isinstance(self.scheduler, distributed.Client):
+            return self.scheduler
+        if self.workers is not None and not (isinstance(self.workers, int) and self.workers >= 1):
+            raise ParameterError(f"workers must be a positive integer, got {self.workers!r}")
+        if self.scheduler == "local":
+            cluster = distributed.LocalCluster(n_workers=self.workers or 2, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, silence_logs=logging.ERROR)
+            self.own.append(cluster)
+            client = distributed.Client(cluster)
+        elif isinstance(self.scheduler, str):
+            if self.workers is not None:
+                raise ParameterError("--workers applies to --scheduler local; a scheduler address brings its own "
+                                     "workers")
+            try:
+                client = distributed.Client(self.scheduler, timeout="20s")
+            except (OSError, TimeoutError) as e:
+                raise InvivoError(f"cannot reach the dask scheduler at {self.scheduler}: {e}; start one with "
+                                  "`dask scheduler` (and workers with `dask worker ADDRESS`) or use "
+                                  "--scheduler local") from None
+        else:
+            raise ParameterError(f"scheduler must be None, 'local', an address or a distributed.Client, "
+                                 f"got {self.scheduler!r}")
+        self.own.insert(0, client)
+        return client
+
+    def __exit__(self, *exc):
+        for obj in self.own:
+            obj.close()
+        return False
+
+
+def _run_subjects(jobs, *, scheduler, workers, progress: bool, figures: bool) -> list[SubjectOutcome]:
+    """:func:`process_subject` for each ``(study, subject, out_dir)``, in this process or as cluster tasks; the
+    outcomes in the order of ``jobs``."""
+    n = len(jobs)
+    if scheduler is None:
+        if workers is not None:
+            raise ParameterError("workers needs a scheduler ('local' or an address)")
+        outs = []
+        prog = _Progress(progress, n)
+        several = len({id(j[0]) for j in jobs}) > 1
+        for st, sid, out in jobs:
+            o = process_subject(st, sid, out, progress=progress, figures=figures, total=n)
+            label = f"{st.name} {sid}" if several else sid
+            prog(f"{label}: {'FAILED: ' + o.failure if o.failure else 'done'}", step=True)
+            outs.append(o)
+        return outs
+    import uuid
+
+    with _Cluster(scheduler, workers) as client:
+        from distributed import as_completed
+
+        run_id = uuid.uuid4().hex[:8]
+        futures = [client.submit(process_subject, st, sid, out, figures=figures, pure=False, retries=1,
+                                 key=f"invivo-{run_id}-{i}-{sid}") for i, (st, sid, out) in enumerate(jobs)]
+        index = {f.key: i for i, f in enumerate(futures)}
+        outs: list[SubjectOutcome | None] = [None] * n
+        prog = _Progress(progress, n)
+        several = len({id(j[0]) for j in jobs}) > 1
+        for fut in as_completed(futures):
+            i = index[fut.key]
+            st, sid, _ = jobs[i]
+            label = f"{st.name} {sid}" if several else sid
+            try:
+                o = fut.result()
+            except Exception as e:  # the task could not finish anywhere (workers lost, or a bug outside the try)
+                o = SubjectOutcome(study=st.name, subject=sid, failure=f"cluster task failed: {type(e).__name__}: {e}")
+            outs[i] = o
+            prog(f"{label}: {'FAILED: ' + o.failure if o.failure else 'done'} ({o.seconds:.1f} s on {o.host or '?'})",
+                 step=True)
+        return outs
+
+
+def _assemble(st: Study, out: Path, outcomes: list[SubjectOutcome], *, truth, report: bool, progress: bool,
+              t0: float) -> StudyResult:
+    """Tables, cohort kinetics, report and provenance from the subjects' outcomes."""
+    import pandas as pd
+
+    rows, reg_rows, prof_rows, failures, notes, outputs, reused = [], [], [], {}, [], [], []
+    for o in outcomes:
+        if o.failure:
+            failures[o.subject] = o.failure
+        rows += o.rows
+        reg_rows += o.reg_rows
+        prof_rows += o.profile_rows
+        outputs += o.outputs
+        reused += o.reused
+        notes += [f"{o.subject}: {n}" for n in o.notes]
+    sids = [o.subject for o in outcomes]
     cols = ["subject", "group", "session", "time_h", "modality", "roi", "measure", "value", "unit", "sd", "n_voxels",
             "volume_ml"]
     table = pd.DataFrame(rows, columns=cols)
@@ -1438,25 +1687,26 @@ def run(study, out_dir, *, overwrite: bool = False, subjects=None, progress: boo
     if len(profiles):
         written += _write_table(profiles, tables / "profiles.tsv", notes)
     result = StudyResult(out_dir=out, table=table, kinetics=kin, registrations=regs, failures=failures,
-                         reused=list(steps.reused), derivatives=outputs, profiles=profiles)
+                         reused=reused, derivatives=outputs, profiles=profiles)
     prov = {"invivo_version": _version(), "study_file": str(st.path), "study_sha256": st.text_sha256,
-            "subjects": sids, "failures": failures, "notes": notes, "reused_steps": steps.reused,
-            "created": datetime.now().isoformat(timespec="seconds"), "tables": [str(p) for p in written]}
+            "subjects": sids, "failures": failures, "notes": notes, "reused_steps": reused,
+            "created": datetime.now().isoformat(timespec="seconds"), "tables": [str(p) for p in written],
+            "hosts": sorted({o.host for o in outcomes if o.host})}
     if report:
-        prog("report")
-        result.report = _write_report(st, result, held, prov)
+        if progress:
+            print(f"{st.name}: report", file=sys.stderr, flush=True)
+        result.report = _write_report(st, result, outcomes, prov)
     result.seconds = time.perf_counter() - t0
     prov["seconds"] = result.seconds
     _atomic(out / "study.json", lambda tmp: Path(tmp).write_text(json.dumps(prov, indent=1, default=str)))
     return result
 
 
-def _write_report(study: Study, result: StudyResult, held: dict, prov: dict) -> Path:
+def _write_report(study: Study, result: StudyResult, outcomes: list[SubjectOutcome], prov: dict) -> Path:
     """Figures and ``report.html`` for a finished run."""
     import pandas as pd
 
     from . import report as rp
-    from .align import resample
 
     out = result.out_dir
     figs = out / "figures"
@@ -1479,10 +1729,12 @@ def _write_report(study: Study, result: StudyResult, held: dict, prov: dict) -> 
     # --- the study
     rep.section("Study", f"{len(study.subjects)} subjects in {len({s.group for s in study.subjects.values()})} "
                 f"group(s); {len(study.scans)} scans; study file {study.path}.")
+    held = {o.subject: o for o in outcomes}
     subj = pd.DataFrame([{"subject": s.id, "group": s.group,
                           "sessions": ", ".join(f"{x} ({held[s.id].time_h.get(x, float('nan')):.1f} h)"
                                                 if s.id in held else x for x in study.sessions(s.id)),
-                          "status": "failed" if s.id in result.failures else "ok"} for s in study.subjects.values()])
+                          "status": "failed" if s.id in result.failures else "ok"} for s in study.subjects.values()
+                         if s.id in held])
     rep.table(subj, "Subjects and sessions (hours after injection)")
     if result.failures:
         rep.section("Failures")
@@ -1497,24 +1749,8 @@ def _write_report(study: Study, result: StudyResult, held: dict, prov: dict) -> 
         cols = [c for c in ("subject", "what", "rotation_deg", "translation_mm", "metric", "quality", "seconds",
                             "reused") if c in result.registrations.columns]
         rep.table(result.registrations[cols], "Registrations", float_format="{:.3f}".format)
-        for sid, s in list(held.items())[:12]:
-            ses = study.report.get("fused_session")
-            cands = [x for x in s.sessions if (x, "pet") in s.maps] + [x for x in s.sessions if (x, "spect") in s.maps]
-            if not cands:
-                continue
-            ses = ses if ses in cands else cands[-1]
-            em = "pet" if (ses, "pet") in s.maps else "spect"
-            kind = s.anatomy_kind(ses)
-            if kind is None:
-                continue
-            anat = _anatomy(s.vols[(ses, kind)][0])
-            unit = next(iter(s.maps[(ses, em)]))
-            upt = s.maps[(ses, em)][unit]
-            on_mr = resample(upt, anat, s.to_emission[(ses, em)])
-            png = rp.fused_png(anat, on_mr, figs / f"sub-{sid}_ses-{ses}_fused.png", overlay_label=UPTAKE_UNITS[unit][0],
-                               title=f"{sid} ({s.subj.group}), ses-{ses}: {UPTAKE_UNITS[unit][0]} on MR", overwrite=True)
-            rep.figure(png, f"{sid} ses-{ses}: PET {UPTAKE_UNITS[unit][0]} resampled onto the session MR through the "
-                       "registration (slices through the maximum, and MIPs)")
+        for fig in [f for o in outcomes for f in o.figures if f[0] == "registration"][:12]:
+            rep.figure(fig[1], fig[2])
 
     # --- uptake
     up = table[table.measure == "idg_mean"] if len(table) else table
@@ -1541,28 +1777,10 @@ def _write_report(study: Study, result: StudyResult, held: dict, prov: dict) -> 
                          rois=[r for r in dict.fromkeys(table[table.measure == "r2star_mean"].roi)][:8],
                          title="R2* over time", overwrite=True)
         rep.figure(png, "R2* per ROI over time")
-        for sid, s in held.items():
-            pre = (study.r2star or {}).get("pre")
-            posts = [x for x in s.sessions if (x, "dr2star") in s.maps]
-            if not posts or pre is None:
-                continue
-            post = posts[-1]
-            anat = _anatomy(s.vols[(pre, "mge")][0])
-            masks = s.rois_on(pre, "mge")
-            tm = next((masks[n] for n in ("tumour", "tumour_rim") if n in masks), None)
-            png = rp.map_png(s.maps[(post, "dr2star")], figs / f"sub-{sid}_ses-{post}_dR2star.png", underlay=anat,
-                             label="dR2* (s-1)", mask=tm, title=f"{sid}: dR2* ses-{post} vs ses-{pre}", overwrite=True)
-            rep.figure(png, f"{sid}: dR2* map, ses-{post} against ses-{pre} (slices through the tumour)")
-            if tm is not None:
-                m = np.asarray(tm.data)
-                vals = {f"ses-{pre}": np.asarray(s.maps[(pre, "r2star")].data)[m]}
-                post_on_pre = resample(s.maps[(post, "r2star")], s.maps[(pre, "r2star")],
-                                       s.baseline_to(post, "mge") @ s.baseline_to(pre, "mge").inverse())
-                vals[f"ses-{post}"] = np.asarray(post_on_pre.data)[m]
-                png = rp.histogram_png(vals, figs / f"sub-{sid}_r2star_hist.png", label="R2* (s-1)",
-                                       title=f"{sid}: tumour R2* before and after the labeled cells", overwrite=True)
-                rep.figure(png, f"{sid}: R2* in the tumour, before vs after the cells (medians marked)")
-            break  # one subject's maps: the tables have the rest
+        spio = next(([f for f in o.figures if f[0] == "spio"] for o in outcomes
+                     if any(f[0] == "spio" for f in o.figures)), [])
+        for fig in spio:  # one subject's maps: the tables have the rest
+            rep.figure(fig[1], fig[2])
 
     # --- cells
     cells = table[table.measure.isin(["cells_pet", "cells_pet_sd", "cells_pet_min", "cells_mri", "cells_mri_sd",

@@ -51,7 +51,9 @@ class Registration:
         Fraction of the fixed image's foreground that maps inside the moving image.
     warnings : list of str
     starts : list of dict
-        Each starting rotation tried (degrees about R, A, S) and its coarse-level metric.
+        Each starting rotation tried (degrees about R, A, S), its coarse-level metric and
+        drift; the close runners-up (within ``FINALIST_MARGIN`` of the best) also carry
+        ``metric_next_level``, the metric after the next level, which picks among them.
     settings : dict
     elapsed_s : float
     stage_s : dict
@@ -143,6 +145,11 @@ def _rotation_lps(rot_deg) -> np.ndarray:
     return (_F @ t.matrix @ _F)[:3, :3]
 
 
+#: Starts whose coarse metric is within this fraction of the best one's also go through the next level
+#: (at most this many); the best there is kept
+FINALIST_MARGIN = 0.05
+MAX_FINALISTS = 3
+
 #: Final pass (L-BFGS-B): convergence tests on the projected gradient and on the relative metric change
 #: (``factor`` x machine epsilon)
 FINAL_GRADIENT_TOLERANCE = 1e-5
@@ -218,7 +225,8 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         Start from this transform instead (``init`` and the starting rotations are skipped).
     start_rotations_deg : float
         Besides no rotation, start from +/- this angle about each axis (7 starts, compared
-        at the coarsest level); 0 tries only the unrotated start.
+        at the coarsest level; up to 3 that come within 5 % of the best go on to the next
+        level, where the best is kept); 0 tries only the unrotated start.
     levels_mm : sequence of float, optional
         Voxel sizes (mm) of the pyramid levels, coarse to fine; both images are smoothed
         (sigma = half the level's voxel) and regridded onto each.  Default: the finest
@@ -395,8 +403,8 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
     coarse = pyramid[0]
     stage_s = {"prepare": time.perf_counter() - t0}
     t_stage = time.perf_counter()
+    finalists = []
     if len(rotations) > 1:
-        best = None
         for rot in rotations:
             cand = sitk.Euler3DTransform(base)
             if any(rot):
@@ -411,11 +419,16 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
             starts.append({"rotation_deg": list(rot), "metric": float(metric), "drift_deg": drift})
             if drift > max_start_drift_deg:
                 continue
-            if best is None or metric < best[0]:
-                best = (metric, cand)
-        if best is None:  # every start slid away: keep the unrotated initialisation
-            best = (None, sitk.Euler3DTransform(base))
-        tx = best[1]
+            finalists.append((metric, cand, len(starts) - 1))
+        finalists.sort(key=lambda mc: mc[0])
+        if not finalists:  # every start slid away: keep the unrotated initialisation
+            finalists = [(None, sitk.Euler3DTransform(base), None)]
+        # the coarse metric of different poses can differ by a percent or two only (weak contrast: a late
+        # 89Zr scan): the close runners-up go on to the next level too, and the better one there is kept
+        best_m = finalists[0][0]
+        finalists = [mc for mc in finalists if best_m is not None and mc[0] <= best_m * (1.0 - FINALIST_MARGIN)][
+            :MAX_FINALISTS] or finalists[:1]
+        tx = finalists[0][1]
     else:
         tx = sitk.Euler3DTransform(base) if isinstance(base, sitk.Euler3DTransform) else base
     stage_s["starts"] = time.perf_counter() - t_stage
@@ -444,15 +457,24 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
             after = before
         return after
 
-    def pyramid_pass(tx_, rate_scale, first: int):
-        for i, level in enumerate(pyramid[first:], start=first):
+    def pyramid_pass(tx_, rate_scale, first: int, stop: int | None = None):
+        for i, level in enumerate(pyramid[first:stop], start=first):
             n_vox = int(np.prod(level[0].GetSize()))
             samp = 1.0 if n_vox * sampling < 20_000 else max(sampling, 20_000 / n_vox)
             guarded_run(tx_, level, samp if i < len(pyramid) - 1 else sampling,
                         _regular_step(iterations, 1e-3 * level[3], rate_scale * level[3]))
 
     # the several starts already converged at the coarsest level: go on from the next one
-    pyramid_pass(tx, 1.0, 1 if (len(rotations) > 1 and len(pyramid) > 1) else 0)
+    first = 1 if (len(rotations) > 1 and len(pyramid) > 1) else 0
+    if len(finalists) > 1 and len(pyramid) > 2:
+        scored = []
+        for k, (_, cand, i_start) in enumerate(finalists):
+            pyramid_pass(cand, 1.0, 1, 2)
+            scored.append((evaluate(cand, pyramid[1]), k, cand))
+            starts[i_start]["metric_next_level"] = scored[-1][0]
+        tx = min(scored, key=lambda sc: (sc[0], sc[1]))[2]
+        first = 2
+    pyramid_pass(tx, 1.0, first)
     if transform == "affine":
         aff = sitk.AffineTransform(3)
         aff.SetCenter(tx.GetCenter())

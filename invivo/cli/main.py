@@ -29,6 +29,9 @@ COMMANDS = {
     "kinetics-map": "kinetics_map",
     "run": "run_study",
     "demo": "demo",
+    "pull": "pull",
+    "push": "push",
+    "export": "export",
 }
 
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import DicomError
 from .dicom import load_dicom, read_headers, scan
+from .dicom_export import read_parametric_map, read_seg, write_parametric_map, write_seg
 from .nifti import load_nifti, save_nifti, sidecar_path
 
-__all__ = ["scan", "load", "save", "load_dicom", "load_nifti", "save_nifti", "load_rtstruct", "read_headers", "sidecar_path"]
+__all__ = ["scan", "load", "save", "load_dicom", "load_nifti", "save_nifti", "load_rtstruct", "read_headers", "sidecar_path",
+           "write_parametric_map", "write_seg", "read_parametric_map", "read_seg"]
 
 
 def load(path: str | os.PathLike, *, series=None, **kwargs):
@@ -18,7 +21,9 @@ def load(path: str | os.PathLike, *, series=None, **kwargs):
     ----------
     path : str or Path
         ``*.nii`` / ``*.nii.gz`` (sidecar ``*.json`` beside it), a DICOM file, or
-        a folder searched recursively for DICOM.
+        a folder searched recursively for DICOM.  A DICOM Parametric Map (a file, or a
+        folder holding one and no image series) loads with its real-world values
+        (:func:`invivo.io.dicom_export.read_parametric_map`).
     series : int, str or None
         For DICOM: which series (see :func:`invivo.io.dicom.load_dicom`).
     **kwargs
@@ -36,7 +41,16 @@ def load(path: str | os.PathLike, *, series=None, **kwargs):
 
             raise ParameterError("series= applies to DICOM input; a NIfTI file holds one series")
         return load_nifti(p, **{k: v for k, v in kwargs.items() if k == "dtype"})
-    return load_dicom(p, series=series, **kwargs)
+    from .dicom_export import find_parametric_maps
+
+    if p.is_file() and series is None and find_parametric_maps(p):  # a DICOM Parametric Map: its real-world values
+        return read_parametric_map(p)
+    try:
+        return load_dicom(p, series=series, **kwargs)
+    except DicomError as exc:
+        if type(exc) is not DicomError or series is not None or not p.is_dir() or not find_parametric_maps(p):
+            raise
+        return read_parametric_map(p)  # a folder holding a Parametric Map and no image series
 
 
 def save(volume, path: str | os.PathLike, **kwargs):
