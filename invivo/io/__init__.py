@@ -45,12 +45,40 @@ def load(path: str | os.PathLike, *, series=None, **kwargs):
 
     if p.is_file() and series is None and find_parametric_maps(p):  # a DICOM Parametric Map: its real-world values
         return read_parametric_map(p)
+    if p.is_dir() and series is not None:
+        pm = _parametric_map_series(p, series)
+        if pm is not None:
+            return read_parametric_map(pm)
     try:
         return load_dicom(p, series=series, **kwargs)
     except DicomError as exc:
         if type(exc) is not DicomError or series is not None or not p.is_dir() or not find_parametric_maps(p):
             raise
         return read_parametric_map(p)  # a folder holding a Parametric Map and no image series
+
+
+def _parametric_map_series(folder: Path, series):
+    """The Parametric Map file of ``folder`` that ``series`` names (its SeriesInstanceUID or description, or its
+    row in :func:`scan`), or None."""
+    from pydicom import dcmread
+
+    from .dicom_export import find_parametric_maps
+
+    pms = find_parametric_maps(folder)
+    if not pms:
+        return None
+    if isinstance(series, str):
+        for f in pms:
+            ds = dcmread(f, stop_before_pixels=True, specific_tags=["SeriesInstanceUID", "SeriesDescription"])
+            if series in (str(ds.get("SeriesInstanceUID", "")), str(ds.get("SeriesDescription", ""))):
+                return f
+        return None
+    if isinstance(series, int) and not isinstance(series, bool):
+        table = scan(folder)
+        if 0 <= series < len(table):
+            uid = str(table.iloc[series]["series_uid"])
+            return _parametric_map_series(folder, uid)
+    return None
 
 
 def save(volume, path: str | os.PathLike, **kwargs):

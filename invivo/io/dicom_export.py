@@ -359,7 +359,7 @@ def _complete_type2(dss: list[Dataset]) -> list[Dataset]:
     return [ds0] + list(dss[1:])
 
 
-def _series_number(series_number, dss: list[Dataset]) -> int:
+def _series_number(series_number, dss: list[Dataset], offset: int = 1000) -> int:
     if series_number is not None:
         try:
             n = int(series_number)
@@ -369,9 +369,9 @@ def _series_number(series_number, dss: list[Dataset]) -> int:
             raise ParameterError(f"series_number must be a non-negative integer, got {series_number!r}")
         return n
     try:
-        return 1000 + int(dss[0].get("SeriesNumber") or 0)
+        return offset + int(dss[0].get("SeriesNumber") or 0)
     except (TypeError, ValueError):
-        return 1000
+        return offset
 
 
 def _complete_type2c(obj: Dataset, src: Dataset, *, laterality: bool) -> None:
@@ -664,7 +664,7 @@ def write_seg(masks: Mapping[str, Volume], source, path: str | os.PathLike, *, o
     seg = _wrap_highdicom("Segmentation", where, lambda: hd.seg.Segmentation(
         source_images=_complete_type2(dss), pixel_array=pixels, segmentation_type="BINARY",
         segment_descriptions=descriptions, series_instance_uid=hd.UID(),
-        series_number=_series_number(series_number, dss), sop_instance_uid=hd.UID(), instance_number=1,
+        series_number=_series_number(series_number, dss, 2000), sop_instance_uid=hd.UID(), instance_number=1,
         omit_empty_frames=False, content_label="ROI", content_description=_short(f"invivo ROIs: {names}", 64),
         series_description=series_description or _short(f"invivo ROIs: {names}", 64),
         **_spatial_kwargs(hd, grid), **_equipment()))
