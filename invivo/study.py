@@ -1503,16 +1503,17 @@ def run(study, out_dir, *, overwrite: bool = False, subjects=None, progress: boo
         the registrations, failures per subject (the other subjects complete) and paths.
     """
     st = study if isinstance(study, Study) else load_study(study)
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # absolute: cluster workers may start elsewhere
     _check_out(out, overwrite)
     sids = list(st.subjects) if subjects is None else list(subjects)
     for s in sids:
         if s not in st.subjects:
             raise ParameterError(f"subject {s!r} is not in {st.path} (has {', '.join(st.subjects)})")
-    t0 = time.perf_counter()
-    outcomes = _run_subjects([(st, sid, out) for sid in sids], scheduler=scheduler, workers=workers,
-                             progress=progress, figures=report)
-    return _assemble(st, out, outcomes, truth=truth, report=report, progress=progress, t0=t0)
+    res = _run_studies([(st, out, sids, truth)], scheduler=scheduler, workers=workers, progress=progress,
+                       report=report)[0]
+    if isinstance(res, BaseException):
+        raise res
+    return res
 
 
 def run_cohort(studies, out_dir, *, overwrite: bool = False, progress: bool = False, report: bool = True,
@@ -1537,9 +1538,9 @@ def run_cohort(studies, out_dir, *, overwrite: bool = False, progress: bool = Fa
     stems = [p.stem for p in paths]
     if len(set(stems)) != len(stems):
         raise ParameterError(f"study files must have different names (their outputs go to DIR/<name>/): {stems}")
-    out = Path(out_dir)
+    out = Path(out_dir).resolve()  # absolute: cluster workers may start elsewhere
     results: dict = {}
-    jobs, loaded = [], {}
+    todo, stems_todo = [], []
     for p in paths:
         try:
             st = load_study(p)
@@ -1547,16 +1548,11 @@ def run_cohort(studies, out_dir, *, overwrite: bool = False, progress: bool = Fa
         except InvivoError as e:
             results[p.stem] = str(e)
             continue
-        loaded[p.stem] = st
-        jobs += [(st, sid, out / p.stem) for sid in st.subjects]
-    t0 = time.perf_counter()
-    outcomes = _run_subjects(jobs, scheduler=scheduler, workers=workers, progress=progress, figures=report)
-    for stem, st in loaded.items():
-        mine = [o for (s_, _, _), o in zip(jobs, outcomes) if s_ is st]
-        try:
-            results[stem] = _assemble(st, out / stem, mine, truth=None, report=report, progress=progress, t0=t0)
-        except InvivoError as e:
-            results[stem] = str(e)
+        todo.append((st, out / p.stem, list(st.subjects), None))
+        stems_todo.append(p.stem)
+    done = _run_studies(todo, scheduler=scheduler, workers=workers, progress=progress, report=report)
+    for stem, res in zip(stems_todo, done):
+        results[stem] = str(res) if isinstance(res, BaseException) else res
     return {p.stem: results[p.stem] for p in paths}
 
 
@@ -1609,46 +1605,80 @@ class _Cluster:
         return False
 
 
-def _run_subjects(jobs, *, scheduler, workers, progress: bool, figures: bool) -> list[SubjectOutcome]:
-    """:func:`process_subject` for each ``(study, subject, out_dir)``, in this process or as cluster tasks; the
-    outcomes in the order of ``jobs``."""
+def _run_studies(todo, *, scheduler, workers, progress: bool, report: bool) -> list:
+    """Every subject of every ``(study, out_dir, subjects, truth)`` as a :func:`process_subject` task, then each
+    study's tables and report (:func:`_assemble`) as soon as its subjects are done -- in this process, or as
+    cluster tasks.  Returns one StudyResult (or the exception that stopped its assembly) per study, in order."""
+    jobs = [(k, st, sid, out) for k, (st, out, sids, _) in enumerate(todo) for sid in sids]
     n = len(jobs)
+    several = len(todo) > 1
+    prog = _Progress(progress, n)
+    t0 = time.perf_counter()
+
+    def line(st, sid, o):
+        label = f"{st.name} {sid}" if several else sid
+        where = f" ({o.seconds:.1f} s on {o.host or '?'})" if scheduler is not None else ""
+        return f"{label}: {'FAILED: ' + o.failure if o.failure else 'done'}{where}"
+
+    def assemble(k, outcomes):
+        st, out, _, truth = todo[k]
+        return _assemble(st, out, outcomes, truth=truth, report=report, progress=progress and not several, t0=t0)
+
+    results: list = [None] * len(todo)
     if scheduler is None:
         if workers is not None:
             raise ParameterError("workers needs a scheduler ('local' or an address)")
-        outs = []
-        prog = _Progress(progress, n)
-        several = len({id(j[0]) for j in jobs}) > 1
-        for st, sid, out in jobs:
-            o = process_subject(st, sid, out, progress=progress, figures=figures, total=n)
-            label = f"{st.name} {sid}" if several else sid
-            prog(f"{label}: {'FAILED: ' + o.failure if o.failure else 'done'}", step=True)
-            outs.append(o)
-        return outs
+        for k, (st, out, sids, _) in enumerate(todo):
+            outs = []
+            for sid in sids:
+                o = process_subject(st, sid, out, progress=progress, figures=report, total=n)
+                prog(line(st, sid, o), step=True)
+                outs.append(o)
+            try:
+                results[k] = assemble(k, outs)
+            except InvivoError as e:
+                results[k] = e
+        return results
     import uuid
 
     with _Cluster(scheduler, workers) as client:
         from distributed import as_completed
 
         run_id = uuid.uuid4().hex[:8]
-        futures = [client.submit(process_subject, st, sid, out, figures=figures, pure=False, retries=1,
-                                 key=f"invivo-{run_id}-{i}-{sid}") for i, (st, sid, out) in enumerate(jobs)]
+        futures = [client.submit(process_subject, st, sid, out, figures=report, pure=False, retries=1,
+                                 key=f"invivo-{run_id}-{i}-{sid}") for i, (_, st, sid, out) in enumerate(jobs)]
         index = {f.key: i for i, f in enumerate(futures)}
         outs: list[SubjectOutcome | None] = [None] * n
-        prog = _Progress(progress, n)
-        several = len({id(j[0]) for j in jobs}) > 1
-        for fut in as_completed(futures):
+        left = [len(sids) for _, _, sids, _ in todo]
+        pending = as_completed(futures)
+        finals = {}
+        for fut in pending:
+            if fut.key in finals:  # a study's assembly finished
+                k = finals[fut.key]
+                try:
+                    results[k] = fut.result()
+                except Exception as e:
+                    results[k] = e if isinstance(e, InvivoError) else InvivoError(
+                        f"{todo[k][0].name}: writing the tables and report failed: {type(e).__name__}: {e}")
+                continue
             i = index[fut.key]
-            st, sid, _ = jobs[i]
-            label = f"{st.name} {sid}" if several else sid
+            k, st, sid, _ = jobs[i]
             try:
                 o = fut.result()
             except Exception as e:  # the task could not finish anywhere (workers lost, or a bug outside the try)
                 o = SubjectOutcome(study=st.name, subject=sid, failure=f"cluster task failed: {type(e).__name__}: {e}")
             outs[i] = o
-            prog(f"{label}: {'FAILED: ' + o.failure if o.failure else 'done'} ({o.seconds:.1f} s on {o.host or '?'})",
-                 step=True)
-        return outs
+            prog(line(st, sid, o), step=True)
+            left[k] -= 1
+            if left[k] == 0:  # the study's subjects are done: its tables and report, on a worker
+                mine = [outs[j] for j, job in enumerate(jobs) if job[0] == k]
+                fa = client.submit(assemble, k, mine, pure=False, retries=1, key=f"invivo-{run_id}-assemble-{k}")
+                finals[fa.key] = k
+                pending.add(fa)
+        for k in range(len(todo)):
+            if results[k] is None and not todo[k][2]:  # a study without subjects
+                results[k] = assemble(k, [])
+        return results
 
 
 def _assemble(st: Study, out: Path, outcomes: list[SubjectOutcome], *, truth, report: bool, progress: bool,

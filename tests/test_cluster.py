@@ -111,3 +111,74 @@ def test_corrupt_study_and_failing_subject_are_reported(cohort, tmp_path, capsys
     res = run_cohort(files[:2], tmp_path / "cli", overwrite=True, report=False)
     assert len(res["study001"].reused) == 2 and not res["study001"].failures
     assert list(res["study002"].failures) == ["m02"]
+
+
+def test_scheduler_address_equals_serial(cohort, tmp_path):
+    """`--scheduler tcp://...`: a scheduler started elsewhere (here a LocalCluster's), reached by its address."""
+    _, files, serial = cohort
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    try:
+        assert main(["run", str(files[0]), str(files[1]), "--out", str(tmp_path / "addr"), "--scheduler",
+                     cluster.scheduler_address, "--quiet"]) == 0
+    finally:
+        cluster.close()
+    from invivo.study import load_study
+
+    import pandas as pd
+
+    for f in files:
+        back = pd.read_parquet(tmp_path / "addr" / f.stem / "tables" / "measures.parquet")
+        np.testing.assert_array_equal(back.value.to_numpy(), serial[f.stem].table.value.to_numpy())
+        assert load_study(f).name == f.stem
+    with pytest.raises(Exception, match="--workers applies to --scheduler local"):
+        run_cohort(files, tmp_path / "w", scheduler="tcp://127.0.0.1:1", workers=2)
+
+
+def _mge_study(root):
+    """One mouse, one multi-echo MR session: R2* per organ (the pipeline's R2* step alone)."""
+    from invivo import io
+    from invivo.synth import mouse_phantom, render_mr, write_dicom
+
+    ph = mouse_phantom(voxel_size_mm=1.0)
+    mr, _ = render_mr(ph, noise_sigma=8.0, seed=5)
+    write_dicom(mr, root / "inputs" / "m1" / "mge", patient_id="m1", enhanced=True)
+    io.save(ph.labels, root / "inputs" / "labels.nii.gz")
+    text = ['[study]', 'name = "mge"', 'root = "inputs"', '', '[[subject]]', 'id = "m1"', 'group = "g"', '',
+            '[[scan]]', 'subject = "m1"', 'session = "pre"', 'kind = "mge"', 'path = "m1/mge"', '',
+            '[[roi]]', 'name = "liver"', 'labels = "labels.nii.gz"', 'label = 4', '',
+            '[[roi]]', 'name = "spleen"', 'labels = "labels.nii.gz"', 'label = 5', '', '[r2star]', 'device = "DEV"']
+    return "\n".join(text)
+
+
+@pytest.mark.gpu
+def test_gpu_worker_r2star_matches_cpu(tmp_path):
+    """A GPU worker fits R2* on its GPU ([r2star] device): the same ROI means as on the CPU (float32 kernels)."""
+    from invivo.backend import has_gpu
+    from invivo.study import load_study, process_subject
+
+    if not has_gpu():
+        pytest.skip("no CUDA device")
+    text = _mge_study(tmp_path)
+    res = {}
+    for dev in ("cpu", "gpu"):
+        f = tmp_path / f"{dev}.toml"
+        f.write_text(text.replace("DEV", dev))
+        o = process_subject(load_study(f), "m1", tmp_path / f"out_{dev}", figures=False)
+        assert o.failure is None, o.failure
+        res[dev] = {(r["roi"], r["measure"]): r["value"] for r in o.rows}
+    assert res["cpu"].keys() == res["gpu"].keys() and len(res["cpu"]) >= 2
+    for k in res["cpu"]:
+        assert res["gpu"][k] == pytest.approx(res["cpu"][k], rel=1e-4), k
+    assert res["cpu"][("liver", "r2star_mean")] == pytest.approx(130.0, rel=0.02)  # the phantom's liver
+
+
+def test_r2star_device_gpu_without_a_gpu_is_a_clear_error(tmp_path):
+    from invivo.backend import has_gpu
+    from invivo.study import load_study, process_subject
+
+    if has_gpu():
+        pytest.skip("this machine has a GPU")
+    f = tmp_path / "s.toml"
+    f.write_text(_mge_study(tmp_path).replace("DEV", "gpu"))
+    o = process_subject(load_study(f), "m1", tmp_path / "out", figures=False)
+    assert "device = \"gpu\"" in o.failure and "no CUDA device" in o.failure
