@@ -298,3 +298,35 @@ def test_trafficking_bad_input(call, match):
     with pytest.raises(ParameterError, match=f"(?i){match}") as e:
         call(m, tab)
     assert "\n" not in str(e.value)
+
+
+def test_trafficking_from_the_command_line(tmp_path, capsys):
+    """`invivo kinetics --model cell-trafficking`: a TAC file whose columns are organs (%ID over time) fitted
+    jointly; noise-free curves from the model give back its rates (the label and free-89Zr rates held by --fix)."""
+    import json
+
+    import pandas as pd
+
+    from invivo.cli.main import main
+
+    t_h = np.array([0.5, 2, 6, 24, 48, 72, 120, 168.0])
+    pid = CellTrafficking().simulate(t_h)
+    organs = ["lung", "liver", "spleen", "tumour", "bone", "blood"]
+    f = tmp_path / "mouse1_organs.tsv"
+    pd.DataFrame({"time": t_h * 3600.0, **{o: pid[o] for o in organs}}).to_csv(f, sep="\t", index=False)
+    held = ("k_efflux_per_h", "k_free_bone_per_h", "k_free_liver_per_h")
+    fix = [a for r in held for a in ("--fix", f"{r}={TRAFFICKING_DEMO_RATES_PER_H[r]!r}")]
+    assert main(["kinetics", "--tac", str(f), "--model", "cell-trafficking", "--json", *fix]) == 0
+    out = json.loads(capsys.readouterr().out)
+    fit = out["mouse1_organs"]
+    for r, v in TRAFFICKING_DEMO_RATES_PER_H.items():
+        if r not in held:
+            assert fit[r] == pytest.approx(v, rel=1e-4), r
+    assert fit["retained_24h"] == pytest.approx(math.exp(-24 * TRAFFICKING_DEMO_RATES_PER_H["k_efflux_per_h"]))
+    assert main(["kinetics", "--tac", str(f), "--model", "cell-trafficking", "--fix", "k_efflux_per_h"]) == 2
+    assert "RATE=VALUE" in capsys.readouterr().err
+    assert main(["kinetics", "--tac", str(f), "--model", "patlak", "--fix", "k_efflux_per_h=1"]) == 2
+    bad = tmp_path / "bad.tsv"
+    pd.DataFrame({"time": t_h * 3600.0, "lungs": pid["lung"]}).to_csv(bad, sep="\t", index=False)
+    assert main(["kinetics", "--tac", str(bad), "--model", "cell-trafficking"]) == 2
+    assert "unknown organ" in capsys.readouterr().err

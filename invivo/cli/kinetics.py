@@ -1,6 +1,8 @@
 """Fit a kinetic model to the time-activity curves of a TAC file (PET-BIDS: frame_start, frame_end in s, one
 column per region, or one time column): plasma-input compartment and graphical models, reference-region
-models, antibody serum PK and CAR-T cellular kinetics."""
+models, antibody serum PK, CAR-T cellular kinetics, and the multi-organ trafficking of labeled cells
+(cell-trafficking: every column an organ -- lung, liver, spleen, tumour, bone, blood, other -- holding
+%ID, decay corrected, fitted jointly; rates per hour)."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ def add_arguments(p):
     p.add_argument("--tstar-s", type=float, default=None, help="graphical models: t* (s) instead of the automatic choice")
     p.add_argument("--dose-ug", type=float, default=None, help="mab-pk: injected antibody mass (ug, labelled + "
                                                                 "unlabelled); the TAC then holds serum ug/mL")
+    p.add_argument("--fix", action="append", default=None, metavar="RATE=VALUE",
+                   help="cell-trafficking: hold a rate (1/h) at a value, e.g. k_efflux_per_h=0.002 (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object {region: {param: value, se, aic}}")
     p.add_argument("--out", default=None, help="also write the results table (.tsv) or JSON (.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -48,6 +52,21 @@ def _options(args, kind: str, name: str):
         opts["tstar_s"] = args.tstar_s
     if kind == "plasma" and args.half_life_s:
         fit_opts["half_life_s"] = args.half_life_s
+    if args.fix and kind != "organs":
+        from ..errors import ParameterError
+
+        raise ParameterError(f"--fix applies to the cell-trafficking model, not {name!r}")
+    if kind == "organs" and args.fix:
+        from ..errors import ParameterError
+
+        fixed = {}
+        for item in args.fix:
+            key, _, val = item.partition("=")
+            try:
+                fixed[key.strip()] = float(val)
+            except ValueError:
+                raise ParameterError(f"--fix {item!r}: give RATE=VALUE, e.g. k_efflux_per_h=0.002") from None
+        fit_opts["fixed"] = fixed
     if kind == "serum":
         if args.dose_ug is None:
             from ..errors import ParameterError

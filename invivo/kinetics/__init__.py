@@ -23,7 +23,8 @@ __all__ = ["Frames", "KineticFit", "InputFunction", "load_blood", "MODELS", "get
 
 #: model name -> (module under invivo.kinetics, class name, input kind)
 #: input kinds: "plasma" (fit(tac, frames, input_function)), "reference" (fit(tac, frames, reference_tac)),
-#: "serum" (antibody PK from serum samples), "cells" (cell-count time courses)
+#: "serum" (antibody PK from serum samples), "cells" (cell-count time courses), "organs" (%ID per organ of a
+#: labeled-cell study, every organ a column, fitted jointly)
 MODELS = {
     "1tcm": ("compartment", "OneTCM", "plasma"),
     "2tcm": ("compartment", "TwoTCM", "plasma"),
@@ -35,6 +36,7 @@ MODELS = {
     "patlak-ref": ("reference", "PatlakRef", "reference"),
     "mab-pk": ("antibody", "MabPK", "serum"),
     "cart-ck": ("cart", "CartCK", "cells"),
+    "cell-trafficking": ("cart", "CellTrafficking", "organs"),
 }
 
 

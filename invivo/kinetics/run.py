@@ -63,6 +63,10 @@ def fit_tac_file(tac_path, model: str, *, input_path=None, reference: str | None
         t_h = frames.mid_s / 3600.0
         for c in cols:
             out[c] = m.fit(t_h, table[c].to_numpy(), region=c, **fit_options)
+    elif kind == "organs":  # every organ column of the file in one joint fit (%ID, decay corrected)
+        t_h = frames.mid_s / 3600.0
+        name_ = fit_options.pop("region", None) or Path(tac_path).stem
+        out[name_] = m.fit(t_h, table[cols], region=name_, **fit_options)
     else:  # pragma: no cover - registry and dispatcher out of step
         raise ParameterError(f"model {name!r}: unknown input kind {kind!r}")
     if not out:
