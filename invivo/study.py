@@ -1282,7 +1282,8 @@ def _trafficking_rows(study, table, k, sid) -> list[dict]:
         organs[organ] = per_ses.to_numpy()
     free = k.get("free") or list(CellTrafficking.RATES)
     fixed = {r: v for r, v in TRAFFICKING_DEMO_RATES_PER_H.items() if r not in free}
-    fit = CellTrafficking().fit(times.to_numpy(), organs, fixed=fixed, region=sid)
+    # ROI means of PET: noise about proportional to the value, so relative residuals (and calibrated SEs)
+    fit = CellTrafficking(weights="relative").fit(times.to_numpy(), organs, fixed=fixed, region=sid)
     units = {"lung_residence_h": "h", "retained_24h": ""}
     return [_row(k, sid, study.subjects[sid].group, ",".join(k["organs"].values()), p, fit.params[p], fit.se.get(p),
                  units.get(p, "1/h"), fit.aic)

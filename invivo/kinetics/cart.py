@@ -792,9 +792,12 @@ class CellTrafficking:
         %ID decay corrected to the injection time (default) or not.
     isotope : str
         The label's radionuclide (for ``decay_corrected=False``).
-    weights : {"uniform", "organ"}
-        Residuals in %ID (``"uniform"``) or each organ's residuals divided by that
-        organ's largest observed value (``"organ"``: every organ counts alike).
+    weights : {"uniform", "organ", "relative"}
+        Residuals in %ID (``"uniform"``: noise of the same size in every organ), each
+        organ's residuals divided by that organ's largest observed value (``"organ"``:
+        every organ counts alike), or each residual divided by its observed value
+        (``"relative"``: noise proportional to the value, as in ROI means of PET; the
+        standard errors are then calibrated for such noise).
 
     Examples
     --------
@@ -808,7 +811,7 @@ class CellTrafficking:
     RATES = tuple(TRAFFICKING_DEMO_RATES_PER_H)
     ORGANS = tuple(_ORGANS)
     COMPARTMENTS = _COMPARTMENTS
-    WEIGHTS = ("uniform", "organ")
+    WEIGHTS = ("uniform", "organ", "relative")
 
     def __init__(self, *, decay_corrected: bool = True, isotope: str = "89Zr", weights: str = "uniform"):
         self.decay_corrected = bool(decay_corrected)
@@ -964,6 +967,8 @@ class CellTrafficking:
         H = self._organ_matrix(organs)
         if self.weights == "organ":
             sw = 1.0 / np.maximum(np.abs(Y).max(axis=1, keepdims=True), 1e-12)
+        elif self.weights == "relative":  # values near 0 (an organ before the cells arrive) weigh as 1 % of its max
+            sw = 1.0 / np.maximum(np.abs(Y), 0.01 * np.abs(Y).max(axis=1, keepdims=True) + 1e-12)
         else:
             sw = np.ones((len(organs), 1))
         sw = np.broadcast_to(sw, Y.shape)
