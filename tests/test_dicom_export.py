@@ -255,3 +255,18 @@ def test_cli_round_trip(data, tmp_path, capsys):
                  "--quantity", "%ID/g", "--overwrite"]) == 0
     assert main(["export", "--source", str(pt), "--out", str(out)]) == 2
     assert "either a MAP" in capsys.readouterr().err
+
+
+def test_scan_lists_maps_and_segmentations(data, tmp_path):
+    """`invivo.scan` of a folder holding the source, a Parametric Map and a SEG: the map's unit, the SEG's slices."""
+    import shutil
+
+    root = tmp_path / "study"
+    shutil.copytree(data["root"] / "PT", root / "PT")
+    write_parametric_map(data["idg"], root / "PT", root / "PM" / "idg.dcm", quantity="%ID/g", unit="%ID/g")
+    write_seg(_masks(data["idg"]), root / "PT", root / "SEG" / "rois.dcm")
+    t = invivo.scan(root).set_index("modality")
+    n = data["src_pt"].shape[2]
+    assert t.loc["SEG", "n_slices"] == n  # 3 segments x n frames
+    assert t.loc["OT", "units"] == "%ID/g" and t.loc["OT", "n_slices"] == n
+    assert t.loc["PT", "units"] == "BQML"

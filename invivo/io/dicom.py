@@ -221,6 +221,19 @@ def _summary_row(key, dss: list[Dataset]) -> dict:
                 "folder": str(Path(_fname(ds)).parent), "error": f"{_fname(ds)}: {type(exc).__name__}: {exc}"}
 
 
+def _parametric_map_units(ds: Dataset) -> str | None:
+    """The unit of a Parametric Map's real-world value mapping (invivo's name for it where there is one)."""
+    from .dicom_export import _UNIT_OF_UCUM
+
+    groups = ds.get("SharedFunctionalGroupsSequence") or ds.get("PerFrameFunctionalGroupsSequence") or []
+    for g in groups[:1]:
+        for m in g.get("RealWorldValueMappingSequence") or []:
+            for u in m.get("MeasurementUnitsCodeSequence") or []:
+                ucum = str(u.get("CodeValue", ""))
+                return _UNIT_OF_UCUM.get(ucum, ucum or None)
+    return None
+
+
 def _summarise(key, dss: list[Dataset]) -> dict:
     ds = dss[0]
     n_frames_total = sum(int(d.get("NumberOfFrames", 1) or 1) for d in dss)
@@ -246,6 +259,12 @@ def _summarise(key, dss: list[Dataset]) -> dict:
     if int(ds.get("NumberOfFrames", 1) or 1) > 1 and len(dss) == 1:
         n_slices = int(ds.get("NumberOfSlices", 0) or 0) or n_frames_total
     rp, iso = _tracer_summary(ds)
+    units = str(ds.get("Units", "")) or None
+    sop = str(ds.get("SOPClassUID", ""))
+    if sop == "1.2.840.10008.5.1.4.1.1.66.4" and ds.get("SegmentSequence"):  # SEG: frames = segments x slices
+        n_slices = max(n_frames_total // len(ds.SegmentSequence), 1)
+    elif sop == "1.2.840.10008.5.1.4.1.1.30" and units is None:  # Parametric Map: the real-world value unit
+        units = _parametric_map_units(ds)
     folders = {str(Path(getattr(d, "filename", "")).parent) for d in dss}
     return {
         "subject_id": str(ds.get("PatientID", "")) or None,
@@ -260,7 +279,7 @@ def _summarise(key, dss: list[Dataset]) -> dict:
         "n_echoes": max(len(echoes), 1) if ds.get("Modality") == "MR" else 1,
         "radiopharmaceutical": rp,
         "isotope": iso,
-        "units": str(ds.get("Units", "")) or None,
+        "units": units,
         "rows": int(ds.get("Rows", 0) or 0),
         "columns": int(ds.get("Columns", 0) or 0),
         "study_uid": str(ds.get("StudyInstanceUID", "")) or None,
