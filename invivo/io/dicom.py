@@ -934,8 +934,8 @@ def _tracer(ds: Dataset) -> Tracer | None:
                   injected_activity_bq=_float(it, "RadionuclideTotalDose"), injection_datetime=inj)
 
 
-def _meta_for(modality: str, stack: list[list[_Frame]], vols, multi_echo: bool, dss: list[Dataset]) -> Meta:
-    ds = stack[0][0].ds
+def series_meta(ds: Dataset, modality: str) -> Meta:
+    """A Meta holding the series' identity: UIDs, description, number, image type, manufacturer."""
     meta = Meta(modality=modality)
     meta.series_uid = str(ds.get("SeriesInstanceUID", "")) or None
     meta.study_uid = str(ds.get("StudyInstanceUID", "")) or None
@@ -943,6 +943,12 @@ def _meta_for(modality: str, stack: list[list[_Frame]], vols, multi_echo: bool, 
     meta.series_number = int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None
     meta.image_type = tuple(str(x) for x in (ds.get("ImageType") or [])) or None
     meta.manufacturer = str(ds.get("Manufacturer", "")) or None
+    return meta
+
+
+def _meta_for(modality: str, stack: list[list[_Frame]], vols, multi_echo: bool, dss: list[Dataset]) -> Meta:
+    ds = stack[0][0].ds
+    meta = series_meta(ds, modality)
     meta.magnetic_field_t = _float(ds, "MagneticFieldStrength")
     meta.subject = _subject(ds)
     meta.extra["frame_of_reference_uid"] = str(ds.get("FrameOfReferenceUID", "")) or None

@@ -809,13 +809,7 @@ def _grid_of_planes(pl: _Planes, where: Path) -> tuple[tuple[int, int, int], np.
 
 
 def _common_meta(ds: Dataset, path: Path, modality: str) -> Meta:
-    meta = Meta(modality=modality)
-    meta.series_uid = str(ds.get("SeriesInstanceUID", "")) or None
-    meta.study_uid = str(ds.get("StudyInstanceUID", "")) or None
-    meta.series_description = str(ds.get("SeriesDescription", "")) or None
-    meta.series_number = int(ds.SeriesNumber) if ds.get("SeriesNumber") not in (None, "") else None
-    meta.image_type = tuple(str(x) for x in (ds.get("ImageType") or [])) or None
-    meta.manufacturer = str(ds.get("Manufacturer", "")) or None
+    meta = _dicom.series_meta(ds, modality)
     meta.subject = _dicom._subject(ds)
     meta.extra["frame_of_reference_uid"] = str(ds.get("FrameOfReferenceUID", "")) or None
     meta.extra["sop_class_uid"] = str(ds.get("SOPClassUID", "")) or None
