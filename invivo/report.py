@@ -783,6 +783,11 @@ def group_bars_png(table, path, *, measure: str, rois=None, session=None, by: st
 # ---------------------------------------------------------------------------
 # rim-to-core profiles and cells from two modalities
 # ---------------------------------------------------------------------------
+#: How the maps of a rim-to-core profile are named on the figures
+_MAP_LABELS = {"idg": "%ID/g", "idcc": "%ID/cc", "suvbw": "SUVbw", "suvlbm": "SUVlbm", "suvbsa": "SUVbsa",
+               "suvibw": "SUVibw", "dr2star": "dR2*", "r2star": "R2*"}
+
+
 def profile_png(profiles, path, *, map: str, by: str = "group", rim_mm: float | None = None,
                 title: str | None = None, overwrite: bool = False, return_figure: bool = False):
     """Value against depth inside an ROI (rim-to-core profile): one panel per session.
@@ -849,7 +854,7 @@ def profile_png(profiles, path, *, map: str, by: str = "group", rim_mm: float | 
             ax.axvline(float(rim_mm), color="0.4", ls="--", lw=0.8)
         ax.set_title(f"ses-{ses} ({d['time_h'].mean():.0f} h)", fontsize=10)
         ax.set_xlabel("depth from the boundary (mm)", fontsize=9)
-        ax.set_ylabel(f"{map} ({unit})", fontsize=9)
+        ax.set_ylabel(f"{_MAP_LABELS.get(map, map)} ({unit})", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     for ax in axes[len(sessions):]:
@@ -860,7 +865,8 @@ def profile_png(profiles, path, *, map: str, by: str = "group", rim_mm: float | 
             handles.setdefault(lab.split(" (n=")[0], (h, lab))
     axes[0].legend([h for h, _ in handles.values()], [lab for _, lab in handles.values()], fontsize=7, title=by,
                    title_fontsize=7)
-    fig.suptitle(title or f"{map}: rim (left) to core (right), mean \u00b1 SD over subjects", fontsize=11)
+    fig.suptitle(title or f"{_MAP_LABELS.get(map, map)}: rim (left) to core (right), mean \u00b1 SD over subjects",
+                 fontsize=11)
     return _save(fig, path, overwrite, return_figure)
 
 
