@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import DicomError
+from ..errors import DicomError, ParameterError
 from .dicom import load_dicom, read_headers, scan
 from .dicom_export import read_parametric_map, read_seg, write_parametric_map, write_seg
 from .nifti import load_nifti, save_nifti, sidecar_path
@@ -37,24 +37,27 @@ def load(path: str | os.PathLike, *, series=None, **kwargs):
     p = Path(path)
     if str(p).endswith((".nii", ".nii.gz")):
         if series is not None:
-            from ..errors import ParameterError
-
             raise ParameterError("series= applies to DICOM input; a NIfTI file holds one series")
         return load_nifti(p, **{k: v for k, v in kwargs.items() if k == "dtype"})
     from .dicom_export import find_parametric_maps
 
     if p.is_file() and series is None and find_parametric_maps(p):  # a DICOM Parametric Map: its real-world values
         return read_parametric_map(p)
-    if p.is_dir() and series is not None:
-        pm = _parametric_map_series(p, series)
-        if pm is not None:
-            return read_parametric_map(pm)
     try:
         return load_dicom(p, series=series, **kwargs)
-    except DicomError as exc:
-        if type(exc) is not DicomError or series is not None or not p.is_dir() or not find_parametric_maps(p):
+    except (DicomError, ParameterError) as exc:
+        # only where no image series fits: a Parametric Map there (its files are looked for only then, so that
+        # loading an image series does not read every header twice)
+        if not p.is_dir() or type(exc) not in (DicomError, ParameterError):
             raise
-        return read_parametric_map(p)  # a folder holding a Parametric Map and no image series
+        if series is None:
+            if type(exc) is not DicomError or not find_parametric_maps(p):
+                raise
+            return read_parametric_map(p)  # a folder holding a Parametric Map and no image series
+        pm = _parametric_map_series(p, series)
+        if pm is None:
+            raise
+        return read_parametric_map(pm)
 
 
 def _parametric_map_series(folder: Path, series):
