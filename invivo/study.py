@@ -1386,7 +1386,7 @@ class SubjectOutcome:
     host: str = ""
 
 
-def process_subject(study: Study, sid: str, out_dir, *, progress: bool = False, figures: bool = True,
+def process_subject(study: Study, sid: str, out_dir, *, progress=False, figures: bool = True,
                     total: int = 1) -> SubjectOutcome:
     """Every per-subject step of :func:`run` for one subject: ingest, co-registration, uptake, R2*, profiles and
     the subject's figures.  Errors are caught and returned (``failure``), so one subject never stops the others;
@@ -1396,7 +1396,8 @@ def process_subject(study: Study, sid: str, out_dir, *, progress: bool = False, 
     t0 = time.perf_counter()
     out = Path(out_dir)
     steps = _Steps(out / "work")
-    s = _Subject(study, sid, out, steps, _Progress(progress, total))
+    prog = progress if isinstance(progress, _Progress) else _Progress(bool(progress), total)
+    s = _Subject(study, sid, out, steps, prog)
     res = SubjectOutcome(study=study.name, subject=sid, host=socket.gethostname())
     try:
         s.load()
@@ -1590,7 +1591,7 @@ class _Cluster:
                                      "workers")
             try:
                 client = distributed.Client(self.scheduler, timeout="20s")
-            except (OSError, TimeoutError) as e:
+            except (OSError, TimeoutError, ValueError) as e:  # ValueError: a malformed address
                 raise InvivoError(f"cannot reach the dask scheduler at {self.scheduler}: {e}; start one with "
                                   "`dask scheduler` (and workers with `dask worker ADDRESS`) or use "
                                   "--scheduler local") from None
@@ -1621,9 +1622,9 @@ def _run_studies(todo, *, scheduler, workers, progress: bool, report: bool) -> l
         where = f" ({o.seconds:.1f} s on {o.host or '?'})" if scheduler is not None else ""
         return f"{label}: {'FAILED: ' + o.failure if o.failure else 'done'}{where}"
 
-    def assemble(k, outcomes):
+    def assembly_args(k, outcomes):
         st, out, _, truth = todo[k]
-        return _assemble(st, out, outcomes, truth=truth, report=report, progress=progress and not several, t0=t0)
+        return (st, out, outcomes), {"truth": truth, "report": report, "progress": progress and not several, "t0": t0}
 
     results: list = [None] * len(todo)
     if scheduler is None:
@@ -1632,11 +1633,12 @@ def _run_studies(todo, *, scheduler, workers, progress: bool, report: bool) -> l
         for k, (st, out, sids, _) in enumerate(todo):
             outs = []
             for sid in sids:
-                o = process_subject(st, sid, out, progress=progress, figures=report, total=n)
+                o = process_subject(st, sid, out, progress=prog, figures=report)
                 prog(line(st, sid, o), step=True)
                 outs.append(o)
+            a, kw = assembly_args(k, outs)
             try:
-                results[k] = assemble(k, outs)
+                results[k] = _assemble(*a, **kw)
             except InvivoError as e:
                 results[k] = e
         return results
@@ -1651,6 +1653,9 @@ def _run_studies(todo, *, scheduler, workers, progress: bool, report: bool) -> l
         index = {f.key: i for i, f in enumerate(futures)}
         outs: list[SubjectOutcome | None] = [None] * n
         left = [len(sids) for _, _, sids, _ in todo]
+        of_study: list[list[int]] = [[] for _ in todo]  # job indices of each study
+        for i, job in enumerate(jobs):
+            of_study[job[0]].append(i)
         pending = as_completed(futures)
         finals = {}
         for fut in pending:
@@ -1672,13 +1677,14 @@ def _run_studies(todo, *, scheduler, workers, progress: bool, report: bool) -> l
             prog(line(st, sid, o), step=True)
             left[k] -= 1
             if left[k] == 0:  # the study's subjects are done: its tables and report, on a worker
-                mine = [outs[j] for j, job in enumerate(jobs) if job[0] == k]
-                fa = client.submit(assemble, k, mine, pure=False, retries=1, key=f"invivo-{run_id}-assemble-{k}")
+                a, kw = assembly_args(k, [outs[j] for j in of_study[k]])
+                fa = client.submit(_assemble, *a, **kw, pure=False, retries=1, key=f"invivo-{run_id}-assemble-{k}")
                 finals[fa.key] = k
                 pending.add(fa)
         for k in range(len(todo)):
             if results[k] is None and not todo[k][2]:  # a study without subjects
-                results[k] = assemble(k, [])
+                a, kw = assembly_args(k, [])
+                results[k] = _assemble(*a, **kw)
         return results
 
 

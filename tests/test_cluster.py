@@ -132,6 +132,10 @@ def test_scheduler_address_equals_serial(cohort, tmp_path):
         assert load_study(f).name == f.stem
     with pytest.raises(Exception, match="--workers applies to --scheduler local"):
         run_cohort(files, tmp_path / "w", scheduler="tcp://127.0.0.1:1", workers=2)
+    from invivo.errors import InvivoError
+
+    with pytest.raises(InvivoError, match="cannot reach the dask scheduler at host:port"):
+        run_cohort(files, tmp_path / "x", scheduler="host:port")
 
 
 def _mge_study(root):
