@@ -428,7 +428,9 @@ def build_cohort(folder, n_studies: int, *, subjects_per_study: int = 1, voxel_s
     from .volume import Volume
 
     if not (isinstance(n_studies, int) and n_studies >= 1):
-        raise ValueError(f"n_studies must be a positive integer, got {n_studies!r}")
+        from .errors import ParameterError
+
+        raise ParameterError(f"n_studies must be a positive integer, got {n_studies!r}")
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     phantom = mouse_phantom(voxel_size_mm=voxel_size_mm)

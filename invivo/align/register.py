@@ -192,6 +192,7 @@ def _lbfgsb(iterations: int):
                                  numberOfIterations=int(iterations), maximumNumberOfCorrections=5,
                                  maximumNumberOfFunctionEvaluations=2 * int(iterations),
                                  costFunctionConvergenceFactor=FINAL_CONVERGENCE_FACTOR)
+    lbfgsb.scaled = False  # no parameter scales (and ITK's note that it ignores them silenced)
     return lbfgsb
 
 
@@ -383,7 +384,8 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         fi, fm, mi, sp = level
         reg = _method(bins, samp, seed, fm)
         optimizer(reg)
-        if optimizer.__name__ != "lbfgsb":
+        scaled = getattr(optimizer, "scaled", True)
+        if scaled:
             reg.SetOptimizerScalesFromPhysicalShift()
         # a moving image much larger than the fixed one: gradients at the sampled points only,
         # not a whole gradient image per call
@@ -391,7 +393,7 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         reg.SetMetricUseMovingImageGradientFilter(bool(n_m <= 4 * n_f))
         reg.SetInitialTransform(tx_, inPlace=True)
         warn = sitk.ProcessObject.GetGlobalWarningDisplay()
-        sitk.ProcessObject.SetGlobalWarningDisplay(optimizer.__name__ != "lbfgsb")
+        sitk.ProcessObject.SetGlobalWarningDisplay(scaled)
         try:
             reg.Execute(fi, mi)
         finally:
