@@ -612,6 +612,28 @@ def _grid_shape(n: int) -> tuple[int, int]:
     return 2, math.ceil(n / 2)
 
 
+def _group_curves(ax, d, groups, colors, *, x: str, y: str, key: str, subject_marker: str | None = None) -> None:
+    """Each subject's ``y`` against ``x`` (thin line, ``gid`` ``"subject:<id>"``), and per group the mean +/- SD
+    over subjects of the rows sharing ``key``, at their mean ``x`` (``gid`` ``"mean:<group>"``)."""
+    for g in groups:
+        dg = d[d["_group"] == g]
+        if dg.empty:
+            continue
+        for subj, ds in dg.groupby("subject", sort=False):
+            ds = ds.sort_values(x)
+            ax.plot(ds[x].to_numpy(float), ds[y].to_numpy(float), color=colors[g], lw=0.7, alpha=0.45,
+                    marker=subject_marker, ms=3, gid=f"subject:{subj}")
+        rows = []
+        for _, dk in dg.groupby(key, sort=False):
+            mean, sd = _mean_sd(dk[y].to_numpy(float))
+            rows.append((float(np.nanmean(dk[x].to_numpy(float))), mean, sd))
+        xs, ys, es = (np.array(c, float) for c in zip(*sorted(rows)))
+        n_subj = dg.loc[np.isfinite(dg[y].to_numpy(float)), "subject"].nunique()
+        cont = ax.errorbar(xs, ys, yerr=np.nan_to_num(es), color=colors[g], lw=1.8, marker="o", ms=4, capsize=3,
+                           label=f"{g} (n={n_subj})")
+        cont.lines[0].set_gid(f"mean:{g}")
+
+
 def tac_png(table, path, *, measure: str, rois=None, by: str = "group", title: str | None = None,
             overwrite: bool = False, return_figure: bool = False):
     """Value vs time after injection, one panel per ROI: group mean +/- SD and each subject.
@@ -663,24 +685,7 @@ def tac_png(table, path, *, measure: str, rois=None, by: str = "group", title: s
     for ax, roi in zip(axes, chosen):
         ax.set_gid(f"roi:{roi}")
         d = df[df["roi"] == roi]
-        for g in groups:
-            dg = d[d["_group"] == g]
-            if dg.empty:
-                continue
-            for subj, ds in dg.groupby("subject", sort=False):
-                ds = ds.sort_values("time_h")
-                ax.plot(ds["time_h"].to_numpy(float), ds["value"].to_numpy(float), color=colors[g], lw=0.7,
-                        alpha=0.45, marker=".", ms=3, gid=f"subject:{subj}")
-            rows = []
-            for _, dk in dg.groupby(key, sort=False):
-                mean, sd = _mean_sd(dk["value"].to_numpy(float))
-                rows.append((float(np.nanmean(dk["time_h"].to_numpy(float))), mean, sd))
-            rows.sort()
-            x, y, e = (np.array(c, float) for c in zip(*rows))
-            n_subj = dg.loc[np.isfinite(dg["value"].to_numpy(float)), "subject"].nunique()
-            cont = ax.errorbar(x, y, yerr=np.nan_to_num(e), color=colors[g], lw=1.8, marker="o", ms=4, capsize=3,
-                               label=f"{g} (n={n_subj})")
-            cont.lines[0].set_gid(f"mean:{g}")
+        _group_curves(ax, d, groups, colors, x="time_h", y="value", key=key, subject_marker=".")
         ax.set_title(str(roi), fontsize=10)
         ax.set_xlabel("time after injection (h)", fontsize=9)
         ax.set_ylabel(f"{measure} ({unit})", fontsize=9)
@@ -834,27 +839,13 @@ def profile_png(profiles, path, *, map: str, by: str = "group", rim_mm: float | 
     for ax, ses in zip(axes, sessions):
         ax.set_gid(f"session:{ses}")
         d = df[df["session"] == ses]
-        for g in groups:
-            dg = d[d["_group"] == g]
-            if dg.empty:
-                continue
-            for subj, ds in dg.groupby("subject", sort=False):
-                ds = ds.sort_values("depth_mm")
-                ax.plot(ds["depth_mm"].to_numpy(float), ds["mean"].to_numpy(float), color=colors[g], lw=0.7,
-                        alpha=0.45, gid=f"subject:{subj}")
-            rows = []
-            for depth, dk in dg.groupby("depth_mm"):
-                mean, sd = _mean_sd(dk["mean"].to_numpy(float))
-                rows.append((float(depth), mean, sd))
-            x, y, e = (np.array(c, float) for c in zip(*sorted(rows)))
-            cont = ax.errorbar(x, y, yerr=np.nan_to_num(e), color=colors[g], lw=1.8, marker="o", ms=3, capsize=2,
-                               label=f"{g} (n={dg['subject'].nunique()})")
-            cont.lines[0].set_gid(f"mean:{g}")
+        _group_curves(ax, d, groups, colors, x="depth_mm", y="mean", key="depth_mm")
         if rim_mm is not None:
             ax.axvline(float(rim_mm), color="0.4", ls="--", lw=0.8)
         ax.set_title(f"ses-{ses} ({d['time_h'].mean():.0f} h)", fontsize=10)
         ax.set_xlabel("depth from the boundary (mm)", fontsize=9)
-        ax.set_ylabel(f"{_MAP_LABELS.get(map, map)} ({unit})", fontsize=9)
+        name = _MAP_LABELS.get(map, map)
+        ax.set_ylabel(name if name == unit else f"{name} ({unit})", fontsize=9)
         ax.tick_params(labelsize=8)
         ax.grid(alpha=0.3)
     for ax in axes[len(sessions):]:
