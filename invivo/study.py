@@ -1010,6 +1010,14 @@ class _Subject:
                     if not np.asarray(m.data).any():
                         self.notes.append(f"ses-{ses} {em}: ROI {name} is empty on this image")
                         continue
+                    rc = None  # the ROI's recovery coefficient, one per ROI and image
+                    if pv is not None and (pv_rois is None or name in pv_rois):
+                        try:
+                            rc = pv.rc(roi.equivalent_diameter_mm(m, geometry="sphere"))
+                        except InvivoError as err:
+                            self.notes.append(f"ses-{ses} {em} {name}: no partial-volume correction: {err}")
+                        else:
+                            self.add(ses, em, name, "pv_rc", rc)
                     for u, mp in maps.items():
                         s = roi.stats(mp, m)
                         self.add(ses, em, name, f"{u}_mean", s["mean"], sd=s["sd"], n_voxels=s["n_voxels"],
@@ -1019,16 +1027,8 @@ class _Subject:
                         if u == "idg":
                             self.add(ses, em, name, "idg_peak", s["peak"])
                             self.add(ses, em, name, "percent_id", s["mean"] * s["volume_ml"] * self.study.density_g_per_ml)
-                        if pv is not None and (pv_rois is None or name in pv_rois):
-                            try:
-                                d_mm = roi.equivalent_diameter_mm(m, geometry="sphere")
-                                rc = pv.rc(d_mm)
-                            except InvivoError as err:
-                                self.notes.append(f"ses-{ses} {em} {name}: no partial-volume correction: {err}")
-                            else:
-                                self.add(ses, em, name, f"{u}_mean_pvc", s["mean"] / rc)
-                                if u == units[0]:
-                                    self.add(ses, em, name, "pv_rc", rc)
+                        if rc is not None:
+                            self.add(ses, em, name, f"{u}_mean_pvc", s["mean"] / rc)
                     if bq_factor is None:
                         continue
                     sa = roi.stats(vol, m)
