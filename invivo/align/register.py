@@ -401,6 +401,7 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         return reg
 
     starts = []
+    aborted = []  # optimizer runs ITK stopped (the images no longer overlapped)
     total_iter = 0
     coarse = pyramid[0]
     stage_s = {"prepare": time.perf_counter() - t0}
@@ -413,7 +414,12 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
                 r = _rotation_lps(rot) @ np.array(base.GetMatrix()).reshape(3, 3)
                 cand.SetMatrix(r.ravel().tolist())
             r_start = np.array(cand.GetMatrix()).reshape(3, 3)
-            reg = run(cand, coarse, 1.0, _regular_step(max(50, iterations // 4), 1e-2 * coarse[3], coarse[3]))
+            try:
+                reg = run(cand, coarse, 1.0, _regular_step(max(50, iterations // 4), 1e-2 * coarse[3], coarse[3]))
+            except RuntimeError as exc:  # this start walked the images apart: drop it
+                aborted.append(_itk_reason(exc))
+                starts.append({"rotation_deg": list(rot), "metric": float("nan"), "drift_deg": float("inf")})
+                continue
             metric = reg.GetMetricValue()
             total_iter += reg.GetOptimizerIteration()
             r_end = np.array(cand.GetMatrix()).reshape(3, 3)
@@ -451,7 +457,12 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
         nonlocal total_iter
         before_params = tx_.GetParameters()
         before = evaluate(tx_, level)
-        reg_ = run(tx_, level, samp, optimizer)
+        try:
+            reg_ = run(tx_, level, samp, optimizer)
+        except RuntimeError as exc:  # ITK stops when the optimizer walks the images apart
+            tx_.SetParameters(before_params)
+            aborted.append(_itk_reason(exc))
+            return before
         total_iter += reg_.GetOptimizerIteration()
         after = evaluate(tx_, level)
         if not after <= before:
@@ -526,6 +537,9 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
     if kept and coarse_final > min(kept) + 0.2 * abs(min(kept)):
         notes.append(f"the result's coarse-level metric ({coarse_final:.3f}) is much weaker than the best start's "
                      f"({min(kept):.3f}): the optimizer may have left the right basin")
+    if aborted:
+        notes.append(f"{len(aborted)} optimizer run(s) stopped and were undone ({aborted[0]}): the images may not "
+                     "match; check the QC overlay or give an initial transform")
     if transform == "rigid" and result.rotation_deg() > 60:
         notes.append(f"large rotation ({result.rotation_deg():.0f} deg): check the QC overlay")
     quality = "good" if not notes else ("failed" if overlap < 0.1 else "check")
@@ -537,6 +551,15 @@ def register(fixed: Volume, moving: Volume, *, transform: str = "rigid", mask="a
                         overlap=overlap, warnings=notes, starts=starts, settings=settings, elapsed_s=elapsed,
                         stage_s={k: round(v, 4) for k, v in stage_s.items()},
                         fixed=fixed, moving=moving)
+
+
+def _itk_reason(exc: Exception) -> str:
+    """The one-line reason in an ITK exception (its message repeats file paths and object addresses)."""
+    text = str(exc)
+    if "do not sufficiently overlap" in text or "outside moving image buffer" in text:
+        return "the moving image left the fixed image's sampled region"
+    lines = [ln.strip() for ln in text.splitlines() if "ERROR" in ln]
+    return lines[-1].split(":", 1)[-1].strip()[:160] if lines else text.strip().splitlines()[-1][:160]
 
 
 def _auto_mask(img, margin_mm: float):
