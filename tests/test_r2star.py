@@ -208,3 +208,22 @@ def test_chunked_threaded_fit_equals_single_block(method, monkeypatch):
     chunked = R2StarModel(TE, method=method).fit(y, sigma=20.0)
     for name in ("params", "status", "variance", "residual", "r_squared", "echoes_used", "r2star_ceiling"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(single, name))
+
+
+def test_fitting_form_of_the_rician_mean_matches_the_exact_one():
+    """The fits' table-and-series Rician mean (no Bessel calls) against the exact public form and its slope."""
+    from scipy.special import i0e, i1e
+
+    from invivo.relax.r2star import _rician
+
+    r = np.concatenate([np.linspace(0.0, 40.0, 200_001), [15.999, 16.0, 16.001, 1e3, 1e6, 1e9]])
+    for sigma in (1.0, 20.0):
+        mean, slope = _rician(r * sigma, sigma, np)
+        exact = rician_mean(r * sigma, sigma)
+        np.testing.assert_allclose(mean, exact, rtol=2e-9)
+        z = r * r / 4.0
+        exact_slope = np.where(z > 1e6, 1.0 - 0.5 / (r * r + 1e-300),
+                               np.sqrt(np.pi / 2) * 0.5 * r * (i0e(z) + i1e(z)))
+        np.testing.assert_allclose(slope, exact_slope, rtol=0, atol=2e-9)
+    m32, s32 = _rician((r[:1000] * 20.0).astype(np.float32), 20.0, np)
+    assert m32.dtype == np.float32 and s32.dtype == np.float32  # no silent promotion to float64

@@ -135,51 +135,46 @@ template<typename T, int NE> __device__ inline bool arlo(const T* y, const T* t,
     return ss > 0;
 }
 
-// model() inside _lm: f, df/dS0, df/dR2* of the exponential or its Rician mean
-template<typename T, int NE> __device__ inline void lm_model(T s0, T r2, const T* t, bool ric, T two_s2, T s_sq,
-                                                          T sq_2s, T* f, T* j0, T* j1) {
+// model() inside _lm: the Rician mean f and j0 = df/dS0 (df/dR2* = -S0 te j0)
+template<typename T, int NE> __device__ inline void lm_model(T s0, T r2, const T* t, T two_s2, T s_sq, T sq_2s,
+                                                          T* f, T* j0) {
 #pragma unroll
     for (int e = 0; e < NE; ++e) {
         T ee = exp(-r2 * t[e]);
-        T nu = s0 * ee;
-        if (!ric) {
-            f[e] = nu; j0[e] = ee; j1[e] = -nu * t[e];
-        } else {
-            T m, dm;
-            rician(nu, two_s2, s_sq, sq_2s, m, dm);
-            f[e] = m; j0[e] = dm * ee; j1[e] = -dm * nu * t[e];
-        }
+        T m, dm;
+        rician(s0 * ee, two_s2, s_sq, sq_2s, m, dm);
+        f[e] = m; j0[e] = dm * ee;
     }
 }
 
-// _lm: Levenberg-Marquardt on (S0, R2*) for one voxel; returns converged
-template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, const T* w, T& s0, T& r2, bool ric,
-                                                    T two_s2, T s_sq, T sq_2s, T r2_lo, T r2_hi, T tol, int max_iter) {
+// _lm: Levenberg-Marquardt on (S0, R2*) of the Rician mean for one voxel; returns converged
+template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, T& s0, T& r2, T two_s2, T s_sq,
+                                                    T sq_2s, T r2_lo, T r2_hi, T tol, int max_iter) {
     const T tiny = Lim<T>::tiny();
-    T f[NE], j0[NE], j1[NE], nf[NE], nj0[NE], nj1[NE];
+    const T eps = Lim<T>::eps();
+    T f[NE], j0[NE], nf[NE], nj0[NE];
     T lam = (T)1e-3;
-    lm_model<T, NE>(s0, r2, t, ric, two_s2, s_sq, sq_2s, f, j0, j1);
-    T cost = 0, scale = 0, sumw = 0;
+    lm_model<T, NE>(s0, r2, t, two_s2, s_sq, sq_2s, f, j0);
+    T cost = 0, scale = 0;
 #pragma unroll
     for (int e = 0; e < NE; ++e) {
         T r = y[e] - f[e];
-        cost += w[e] * r * r;
-        scale += w[e] * y[e] * y[e];
-        sumw += w[e];
+        cost += r * r;
+        scale += y[e] * y[e];
     }
-    const T dof = nmax(sumw - (T)2, (T)1);
+    const T dof = nmax((T)NE - (T)2, (T)1);
     bool converged = false;
     for (int it = 0; it < max_iter; ++it) {
-        T a11 = 0, a12 = 0, a22 = 0, g0 = 0, g1 = 0;
+        T q0 = 0, q1 = 0, q2 = 0, p0 = 0, p1 = 0;
 #pragma unroll
         for (int e = 0; e < NE; ++e) {
             T r = y[e] - f[e];
-            a11 += w[e] * j0[e] * j0[e];
-            a12 += w[e] * j0[e] * j1[e];
-            a22 += w[e] * j1[e] * j1[e];
-            g0 += w[e] * j0[e] * r;
-            g1 += w[e] * j1[e] * r;
+            T jj = j0[e] * j0[e], jr = j0[e] * r;
+            q0 += jj; q1 += jj * t[e]; q2 += jj * (t[e] * t[e]);
+            p0 += jr; p1 += jr * t[e];
         }
+        T a11 = q0, a12 = -s0 * q1, a22 = s0 * s0 * q2;
+        T g0 = p0, g1 = -s0 * p1;
         T b11 = a11 * ((T)1 + lam);
         T b22 = a22 * ((T)1 + lam);
         T det = b11 * b22 - a12 * a12;
@@ -189,14 +184,14 @@ template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, c
         T d1 = good ? (b11 * g1 - a12 * g0) / det : (T)0;
         T ns0 = nmax(s0 + d0, (T)1e-12 * fabs(s0) + tiny);
         T nr2 = nclip(r2 + d1, r2_lo, r2_hi);
-        lm_model<T, NE>(ns0, nr2, t, ric, two_s2, s_sq, sq_2s, nf, nj0, nj1);
+        lm_model<T, NE>(ns0, nr2, t, two_s2, s_sq, sq_2s, nf, nj0);
         T ncost = 0;
 #pragma unroll
         for (int e = 0; e < NE; ++e) {
             T r = y[e] - nf[e];
-            ncost += w[e] * r * r;
+            ncost += r * r;
         }
-        bool accept = (ncost <= cost) && fin(ncost);
+        bool accept = (ncost <= cost * ((T)1 + (T)8 * eps)) && fin(ncost);
         T det_a = a11 * a22 - a12 * a12;
         T s2 = cost / dof;
         T sd1 = det_a > 0 ? sqrt(s2 * a11 / det_a) : (T)0;
@@ -206,7 +201,7 @@ template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, c
         if (accept) {
             s0 = ns0; r2 = nr2; cost = ncost;
 #pragma unroll
-            for (int e = 0; e < NE; ++e) { f[e] = nf[e]; j0[e] = nj0[e]; j1[e] = nj1[e]; }
+            for (int e = 0; e < NE; ++e) { f[e] = nf[e]; j0[e] = nj0[e]; }
             lam = nmax(lam / (T)10, (T)1e-12);
         } else {
             lam = nmin(lam * (T)10, (T)1e12);
@@ -215,6 +210,77 @@ template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, c
         converged = done && (lam < (T)1e12);
         if (done) break;
     }
+    return converged;
+}
+
+// _vp_terms + the state() of _vp_newton: best S0, projection, h'(R) and h''(R) at R
+template<typename T, int NE> __device__ inline void vp_state(const T* wy, const T* w, const T* t, T r, T& s0, T& proj,
+                                                          T& grad, T& curv) {
+    T a0 = 0, a1 = 0, a2 = 0, b0 = 0, b1 = 0, b2 = 0;
+#pragma unroll
+    for (int e = 0; e < NE; ++e) {
+        T ee = exp(-r * t[e]);
+        T ye = wy[e] * ee;
+        a0 += ye; a1 += ye * t[e]; a2 += ye * t[e] * t[e];
+        T e2 = w[e] * ee * ee;
+        b0 += e2; b1 += e2 * t[e]; b2 += e2 * t[e] * t[e];
+    }
+    T p = a1 / a0, q = b1 / b0;
+    grad = (T)2 * (q - p);
+    curv = (T)2 * (a2 / a0 - p * p) - (T)4 * (b2 / b0 - q * q);
+    proj = a0 * a0 / b0;
+    s0 = a0 / b0;
+}
+
+// newton() inside _vp_newton
+template<typename T> __device__ inline T vp_step(T r, T grad, T curv, T max_step) {
+    T sg = (grad != grad) ? grad : (T)((grad > 0) - (grad < 0));
+    T d = curv < 0 ? -grad / curv : sg * max_step;
+    T cap = nmax(fabs(r), max_step);
+    return nclip(d, -cap, cap);
+}
+
+// _vp_newton: least squares of S0 exp(-R te) by Newton's method on the profiled objective; returns converged
+template<typename T, int NE> __device__ inline bool vp_newton(const T* y, const T* t, const T* w, T& s0, T& r2,
+                                                           T r2_lo, T r2_hi, T tol, int max_iter) {
+    const T eps = Lim<T>::eps();
+    const T max_step = (T)2 / t[NE - 1];
+    const T grad_noise = (T)16 * eps * t[NE - 1];
+    T wy[NE];
+    T syy = 0, n_w = 0;
+#pragma unroll
+    for (int e = 0; e < NE; ++e) {
+        wy[e] = w[e] * y[e];
+        syy += wy[e] * y[e];
+        n_w += w[e];
+    }
+    const T dof = nmax(n_w - (T)2, (T)1);
+    T r = nclip(r2, r2_lo, r2_hi);
+    r2 = r;
+    if (!(n_w >= (T)2)) { s0 = y[0]; return true; }
+    T proj, g, c;
+    vp_state<T, NE>(wy, w, t, r, s0, proj, g, c);
+    T d = vp_step(r, g, c, max_step);
+    bool converged = false;
+    for (int it = 0; it < max_iter; ++it) {
+        T sse = nmax(syy - proj, (T)0);
+        T neg = c < 0 ? -c : (T)1;  // only read where c < 0
+        T var_r = (T)2 * (sse / dof) / (neg * proj);
+        T floor_ = nmax(tol * (fabs(r) + (T)1), grad_noise / neg);
+        bool small = (c < 0) && (fabs(d) <= nmax(floor_, (T)1e-3 * sqrt(var_r)));
+        converged = small;
+        if (small || !fin(proj)) break;
+        T cand = nclip(r + d, r2_lo, r2_hi);
+        T s0c, projc, gc, cc;
+        vp_state<T, NE>(wy, w, t, cand, s0c, projc, gc, cc);
+        if (projc >= proj * ((T)1 - (T)8 * eps)) {
+            r = cand; s0 = s0c; proj = projc; g = gc; c = cc;
+            d = vp_step(r, g, c, max_step);
+        } else {
+            d = (T)0.5 * d;
+        }
+    }
+    r2 = r;
     return converged;
 }
 
@@ -296,8 +362,11 @@ __device__ inline void fit_voxel(const T* __restrict__ yin, const unsigned char*
         }
         if (method == M_NLLS || method == M_TRUNC || method == M_RICIAN) {
             if (!(ok && fin(s0) && fin(r2))) { s0 = y[0]; r2 = 0; }
-            converged = lm<T, NE>(y, t, w, s0, r2, method == M_RICIAN, two_s2, s_sq, sq_2s, r2_lo, r2_hi, tol,
-                                  max_iter);
+            if (method == M_RICIAN) {
+                converged = lm<T, NE>(y, t, s0, r2, two_s2, s_sq, sq_2s, r2_lo, r2_hi, tol, max_iter);
+            } else {
+                converged = vp_newton<T, NE>(y, t, w, s0, r2, r2_lo, r2_hi, tol, max_iter);
+            }
         }
     }
     if (st == ST_OK && (method == M_LOGLIN || method == M_ARLO) && !ok) st = ST_INVALID;
@@ -305,28 +374,33 @@ __device__ inline void fit_voxel(const T* __restrict__ yin, const unsigned char*
 
     // _voxel_results: residual, R^2, parameter variance
     const bool ric = method == M_RICIAN;
-    T res = 0, sw = 0, swy = 0, a11 = 0, a12 = 0, a22 = 0;
+    // J'WJ with j0 = A' e, j1 = -S0 te A' e: sums of w (A' e)^2 times 1, te, te^2, S0 factored out
+    T res = 0, sw = 0, swy = 0, q0 = 0, q1 = 0, q2 = 0;
     T pred[NE];
 #pragma unroll
     for (int e = 0; e < NE; ++e) {
         T ee = exp(-r2 * t[e]);
         T nu = s0 * ee;
-        T j0 = ee, j1 = -s0 * t[e] * ee;
+        T jj;
         if (ric) {
             T m, dm;
             rician(nu, two_s2, s_sq, sq_2s, m, dm);
-            pred[e] = m; j0 = dm * j0; j1 = dm * j1;
+            pred[e] = m;
+            jj = dm * dm * ee * ee;
         } else {
             pred[e] = nu;
+            jj = ee * ee;
         }
         T r = y[e] - pred[e];
-        res += w[e] * r * r;
+        res += r * r * w[e];
         sw += w[e];
         swy += w[e] * y[e];
-        a11 += w[e] * j0 * j0;
-        a12 += w[e] * j0 * j1;
-        a22 += w[e] * j1 * j1;
+        T jw = jj * w[e];
+        q0 += jw;
+        q1 += jw * t[e];
+        q2 += jw * (t[e] * t[e]);
     }
+    T a11 = q0, a12 = -s0 * q1, a22 = s0 * s0 * q2;
     T nw = nmax(sw, (T)1);
     T rms = sqrt(res / nw);
     T ybar = swy / nw;
