@@ -3,7 +3,7 @@
 The array code in :mod:`invivo.relax.r2star` (``_fit_voxels`` + ``_voxel_results`` +
 the scatter in ``_finish``) is the reference; this kernel computes the same quantities in
 the same order for one voxel, so that plain CuPy array code (many passes over memory and,
-for the Levenberg-Marquardt fits, one kernel launch per operation per iteration) is
+for the iterative fits, one kernel launch per operation per iteration) is
 replaced by a single pass: read the echoes once, write every map once.
 
 The source is plain C++ with a few CUDA names, so that the tests can also compile it for

@@ -13,7 +13,8 @@ Signal model ``S(TE) = S0 exp(-R2* TE)``.  Estimators, fastest to most robust
     squares in closed form.  Its only error on noise-free data is Simpson's:
     relative error in R2* ~ (R2* dTE)^4 / 180.
 ``nlls``
-    Levenberg-Marquardt on (S0, R2*) for every voxel at once, started from ``wls``.
+    least squares on (S0, R2*) for every voxel at once, started from ``wls``: S0 is linear, so
+    the fit is Newton's method on R2* alone with S0 profiled out (variable projection).
 ``truncation``
     ``nlls`` on the echoes above ``noise_k`` x sigma only.
 ``rician``
@@ -668,7 +669,8 @@ class R2StarModel:
     method : str
         One of :data:`METHODS` (default :data:`DEFAULT_METHOD`).
     max_iter : int
-        Levenberg-Marquardt iterations for ``nlls``, ``truncation``, ``rician``.
+        Iterations of the nonlinear fits (Newton on R2* for ``nlls`` and ``truncation``,
+        Levenberg-Marquardt on (S0, R2*) for ``rician``).
     noise_k : float
         Echoes below ``noise_k`` x sigma are at the noise floor (truncation, saturation flags).
     wls_iterations : int
