@@ -240,8 +240,8 @@ def compartment_map(data, frames: Frames, inp: InputFunction, *, model: str = "2
     refine_iterations : int
         Golden-section steps between the best node's neighbours (0.618^n of a node spacing).
     chunk : int, optional
-        Voxels per block: default 8192 on NumPy (the refinement's temporaries stay in cache;
-        blocks run on all cores), 2^20 on CuPy.
+        Voxels per block: default at most 8192 on NumPy (the refinement's temporaries stay in
+        cache) and at least one block per core (blocks run on all cores), 2^20 on CuPy.
 
     Returns
     -------
@@ -355,9 +355,16 @@ def compartment_map(data, frames: Frames, inp: InputFunction, *, model: str = "2
             out[kname][idx] = v
         status[idx] = st
 
+    n_todo = int(todo.shape[0])
     if chunk is None:
-        chunk = 8192 if xp is np else 1 << 20
-    starts = range(0, int(todo.shape[0]), int(chunk))
+        chunk = 1 << 20
+        if xp is np:
+            # blocks of at most 8192 voxels (cache), and at least one per core: 10,000 voxels in blocks of
+            # 8192 and 1808 left one core idle most of the time
+            from ..relax.r2star import _workers
+
+            chunk = max(256, min(8192, -(-n_todo // _workers())))
+    starts = range(0, n_todo, int(chunk))
     if xp is np and len(starts) > 1:
         # blocks are independent and write disjoint voxels; NumPy releases the GIL in its loops
         from concurrent.futures import ThreadPoolExecutor
