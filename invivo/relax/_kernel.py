@@ -164,6 +164,7 @@ template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, T
     }
     const T dof = nmax((T)NE - (T)2, (T)1);
     bool converged = false;
+    bool last_ok = true;  // the current point came from an accepted step (or the start)
     for (int it = 0; it < max_iter; ++it) {
         T q0 = 0, q1 = 0, q2 = 0, p0 = 0, p1 = 0;
 #pragma unroll
@@ -182,6 +183,15 @@ template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, T
         if (!good) det = (T)1;
         T d0 = good ? (b22 * g0 - a12 * g1) / det : (T)0;
         T d1 = good ? (b11 * g1 - a12 * g0) / det : (T)0;
+        T det_a = a11 * a22 - a12 * a12;
+        T s2 = cost / dof;
+        T sd1 = det_a > 0 ? sqrt(s2 * a11 / det_a) : (T)0;
+        T sd0 = det_a > 0 ? sqrt(s2 * a22 / det_a) : (T)0;
+        bool small = (fabs(d1) <= nmax(tol * (fabs(r2) + (T)1), (T)1e-3 * sd1))
+                     && (fabs(d0) <= nmax(tol * (fabs(s0) + (T)1), (T)1e-3 * sd0));
+        bool ok_stop = (small && (last_ok || lam >= (T)1e3)) || (cost <= (T)1e-30 * scale);
+        converged = ok_stop;
+        if (ok_stop || lam >= (T)1e12) break;
         T ns0 = nmax(s0 + d0, (T)1e-12 * fabs(s0) + tiny);
         T nr2 = nclip(r2 + d1, r2_lo, r2_hi);
         lm_model<T, NE>(ns0, nr2, t, two_s2, s_sq, sq_2s, nf, nj0);
@@ -192,12 +202,7 @@ template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, T
             ncost += r * r;
         }
         bool accept = (ncost <= cost * ((T)1 + (T)8 * eps)) && fin(ncost);
-        T det_a = a11 * a22 - a12 * a12;
-        T s2 = cost / dof;
-        T sd1 = det_a > 0 ? sqrt(s2 * a11 / det_a) : (T)0;
-        T sd0 = det_a > 0 ? sqrt(s2 * a22 / det_a) : (T)0;
-        bool small = (fabs(d1) <= nmax(tol * (fabs(r2) + (T)1), (T)1e-3 * sd1))
-                     && (fabs(d0) <= nmax(tol * (fabs(s0) + (T)1), (T)1e-3 * sd0));
+        last_ok = accept;
         if (accept) {
             s0 = ns0; r2 = nr2; cost = ncost;
 #pragma unroll
@@ -206,9 +211,6 @@ template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, T
         } else {
             lam = nmin(lam * (T)10, (T)1e12);
         }
-        bool done = (small && (accept || lam >= (T)1e3)) || (cost <= (T)1e-30 * scale) || (lam >= (T)1e12);
-        converged = done && (lam < (T)1e12);
-        if (done) break;
     }
     return converged;
 }

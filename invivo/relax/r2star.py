@@ -536,6 +536,7 @@ def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
     res = ya - f
     cost = (res * res) @ ones
     scale = (ya * ya) @ ones
+    last_ok = xp.ones(n, dtype=bool)  # the current point came from an accepted step (or the start)
     for _ in range(max_iter):
         a = (j0 * j0) @ powers
         g = (j0 * res) @ powers[:, :2]
@@ -548,15 +549,9 @@ def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
         det = xp.where(good, det, 1.0)
         d0 = xp.where(good, (b22 * g0 - a12 * g1) / det, 0.0)
         d1 = xp.where(good, (b11 * g1 - a12 * g0) / det, 0.0)
-        ns0 = xp.maximum(s0a + d0, 1e-12 * xp.abs(s0a) + tiny)
-        nr2 = xp.clip(r2a + d1, r2_lo, r2_hi)  # keeps exp() finite whatever the step
-        nf, nj0 = model(ns0, nr2)
-        nres = ya - nf
-        ncost = (nres * nres) @ ones
-        # better, or equal to rounding: near the optimum the cost cannot tell steps apart that the gradient can
-        accept = (ncost <= cost * (1.0 + 8.0 * eps)) & xp.isfinite(ncost)
-        # a step is negligible below float precision, or below 1e-3 of the parameter's own standard
-        # error (estimated from the residual): further digits would be noise, not information
+        # converged before the step is tried: it is below float precision, or below 1e-3 of the parameter's
+        # own standard error (estimated from the residual), and not merely shortened by the damping a rejected
+        # step raised (unless that damping is already huge): further digits would be noise, not information
         det_a = a11 * a22 - a12 * a12
         det_a = xp.where(det_a > 0, det_a, xp.inf)
         s2 = cost / dof
@@ -564,6 +559,26 @@ def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
         sd0 = xp.sqrt(s2 * a22 / det_a)
         small = ((xp.abs(d1) <= xp.maximum(tol * (xp.abs(r2a) + 1.0), 1e-3 * sd1))
                  & (xp.abs(d0) <= xp.maximum(tol * (xp.abs(s0a) + 1.0), 1e-3 * sd0)))
+        ok_stop = (small & (last_ok | (lam >= 1e3))) | (cost <= 1e-30 * scale)
+        stop = ok_stop | (lam >= 1e12)
+        s0[act] = s0a
+        r2[act] = r2a
+        converged[act] = ok_stop
+        keep = ~stop
+        n_keep = int(keep.sum())  # host: one scalar per iteration
+        if n_keep == 0:
+            break
+        if n_keep < keep.shape[0]:  # shrink the active set
+            act, ya, s0a, r2a, d0, d1 = act[keep], ya[keep], s0a[keep], r2a[keep], d0[keep], d1[keep]
+            last_ok = last_ok[keep]
+            f, j0, res, cost, lam, scale = f[keep], j0[keep], res[keep], cost[keep], lam[keep], scale[keep]
+        ns0 = xp.maximum(s0a + d0, 1e-12 * xp.abs(s0a) + tiny)
+        nr2 = xp.clip(r2a + d1, r2_lo, r2_hi)  # keeps exp() finite whatever the step
+        nf, nj0 = model(ns0, nr2)
+        nres = ya - nf
+        ncost = (nres * nres) @ ones
+        # better, or equal to rounding: near the optimum the cost cannot tell steps apart that the gradient can
+        accept = (ncost <= cost * (1.0 + 8.0 * eps)) & xp.isfinite(ncost)
         s0a = xp.where(accept, ns0, s0a)
         r2a = xp.where(accept, nr2, r2a)
         acc = accept[:, None]
@@ -572,17 +587,10 @@ def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
         res = xp.where(acc, nres, res)
         cost = xp.where(accept, ncost, cost)
         lam = xp.where(accept, xp.maximum(lam / 10.0, 1e-12), xp.minimum(lam * 10.0, 1e12))
-        done = (small & (accept | (lam >= 1e3))) | (cost <= 1e-30 * scale) | (lam >= 1e12)
+        last_ok = accept
+    else:  # out of iterations: where the last accepted step left each voxel (not converged)
         s0[act] = s0a
         r2[act] = r2a
-        converged[act] = done & (lam < 1e12)
-        keep = ~done
-        n_keep = int(keep.sum())  # host: one scalar per iteration
-        if n_keep == 0:
-            break
-        if n_keep < keep.shape[0]:  # shrink the active set
-            act, ya, s0a, r2a = act[keep], ya[keep], s0a[keep], r2a[keep]
-            f, j0, res, cost, lam, scale = f[keep], j0[keep], res[keep], cost[keep], lam[keep], scale[keep]
     return s0, r2, converged
 
 
