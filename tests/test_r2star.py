@@ -198,7 +198,8 @@ def test_body_mask_keeps_dark_vials_running_through_all_slices():
 
 @pytest.mark.parametrize("method", METHODS)
 def test_chunked_threaded_fit_equals_single_block(method, monkeypatch):
-    """The CPU splits large fits into blocks on all cores: results must be identical to one block."""
+    """The CPU splits large fits into blocks on all cores: results equal one block's to rounding (the echo
+    sums are BLAS matrix products, whose last bit can depend on where a row sits in its block)."""
     import invivo.relax.r2star as r2mod
 
     rng = np.random.default_rng(9)
@@ -206,8 +207,12 @@ def test_chunked_threaded_fit_equals_single_block(method, monkeypatch):
     single = R2StarModel(TE, method=method).fit(y, sigma=20.0)
     monkeypatch.setattr(r2mod, "_CHUNK", 64)
     chunked = R2StarModel(TE, method=method).fit(y, sigma=20.0)
-    for name in ("params", "status", "variance", "residual", "r_squared", "echoes_used", "r2star_ceiling"):
+    for name in ("status", "echoes_used"):
         np.testing.assert_array_equal(getattr(chunked, name), getattr(single, name))
+    for name in ("params", "variance", "residual", "r_squared", "r2star_ceiling"):
+        np.testing.assert_allclose(getattr(chunked, name), getattr(single, name), rtol=1e-12, atol=0)
+    again = R2StarModel(TE, method=method).fit(y, sigma=20.0)
+    np.testing.assert_array_equal(again.params, chunked.params)  # the same split: the same bits
 
 
 def test_fitting_form_of_the_rician_mean_matches_the_exact_one():
