@@ -883,27 +883,32 @@ class R2StarModel:
         # sums over the echoes as matrix products with [1, te, te^2]: one BLAS call per set of sums
         powers = xp.stack([xp.ones_like(te), te, te * te], axis=1)
         ones = powers[:, 0]
-        e = xp.exp(-r2[:, None] * te)
-        nu = s0[:, None] * e
+        weighted = self.method == "truncation"  # w is all ones for the other methods: skip the products
         if self.method == "rician":  # the model fitted is the Rician mean: chain rule through dA/dnu
             pred, j0 = at_fit  # the fit's last evaluation, at (s0, r2): A and dA/dS0 = A' e
             jj = j0 * j0
         else:
-            pred = nu
+            e = xp.exp(-r2[:, None] * te)
+            pred = s0[:, None] * e
             jj = e * e
         res = y - pred
         res *= res
-        res *= w
+        if weighted:
+            res *= w
         res_sum = res @ ones
-        w_sum = w @ ones
+        w_sum = w @ ones if weighted else xp.full(res_sum.shape, float(te.shape[0]), dtype=res_sum.dtype)
         nw = xp.maximum(w_sum, 1.0)
         rms = xp.sqrt(res_sum / nw)
-        ybar = ((w * y) @ ones) / nw
+        ybar = (((w * y) if weighted else y) @ ones) / nw
         dev = y - ybar[:, None]
-        sst = (w * dev * dev) @ ones
+        dev *= dev
+        if weighted:
+            dev *= w
+        sst = dev @ ones
         rsq = xp.where(sst > 0, 1.0 - res_sum / xp.where(sst > 0, sst, 1.0), 1.0)
         # J'WJ with j0 = dA/dS0 = A' e and j1 = dA/dR2* = -S0 te A' e
-        jj *= w
+        if weighted:
+            jj *= w
         a = jj @ powers
         a11, a12, a22 = a[:, 0], -s0 * a[:, 1], s0 * s0 * a[:, 2]
         det = a11 * a22 - a12 * a12
