@@ -358,6 +358,11 @@ def estimate_sigma(data, *, background=None) -> float:
 
 
 # ----------------------------------------------------------------------------- estimators
+def _echo_powers(te, xp):
+    """The (E, 3) matrix [1, te, te^2]: a product with it gives a set of sums over the echoes in one BLAS call."""
+    return xp.stack([xp.ones_like(te), te, te * te], axis=1)
+
+
 def _log_signal(y, xp):
     return xp.log(xp.maximum(y, xp.finfo(y.dtype).tiny))
 
@@ -367,7 +372,7 @@ def _weighted_loglin(y, te, w, xp, logy=None):
     caller has it already (the iterated fits)."""
     tiny = xp.finfo(y.dtype).tiny
     logy = _log_signal(y, xp) if logy is None else logy
-    powers = xp.stack([xp.ones_like(te), te, te * te], axis=1)
+    powers = _echo_powers(te, xp)
     sums = w @ powers  # sum w, sum w te, sum w te^2: each a matrix product over the echoes
     sw, st, stt = sums[:, 0], sums[:, 1], sums[:, 2]
     sums = (w * logy) @ powers[:, :2]
@@ -429,7 +434,7 @@ def _vp_newton(y, te, w, r2, *, max_iter, xp, tol=None):
     r2_lo, r2_hi = -20.0 / te_max, 200.0 / float(te[0])
     max_step = 2.0 / te_max  # the largest move from a small R2* (a larger R2* may move by itself)
     grad_noise = 16.0 * eps * te_max
-    powers = xp.stack([xp.ones_like(te), te, te * te], axis=1)
+    powers = _echo_powers(te, xp)
     wy = y if w is None else w * y
     syy = (wy * y).sum(axis=1)
     n_w = xp.full(n, float(y.shape[1]), dtype=dt) if w is None else w.sum(axis=1)
@@ -517,7 +522,7 @@ def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
     te_max = float(te[-1])  # host: scalar bounds
     r2_lo, r2_hi = -20.0 / te_max, 200.0 / float(te[0])
     tiny = xp.finfo(dt).tiny
-    powers = xp.stack([xp.ones_like(te), te, te * te], axis=1)
+    powers = _echo_powers(te, xp)
     ones = powers[:, 0]
     dof = max(n_e - 2.0, 1.0)
 
@@ -881,7 +886,7 @@ class R2StarModel:
         """Fit one block of voxels and the quality measures of each (1D arrays)."""
         s0, r2, status, used, w, ceiling, converged, at_fit = self._fit_voxels(y, te, sigma, xp)
         # sums over the echoes as matrix products with [1, te, te^2]: one BLAS call per set of sums
-        powers = xp.stack([xp.ones_like(te), te, te * te], axis=1)
+        powers = _echo_powers(te, xp)
         ones = powers[:, 0]
         weighted = self.method == "truncation"  # w is all ones for the other methods: skip the products
         if self.method == "rician":  # the model fitted is the Rician mean: chain rule through dA/dnu
