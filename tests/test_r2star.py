@@ -232,3 +232,30 @@ def test_fitting_form_of_the_rician_mean_matches_the_exact_one():
         np.testing.assert_allclose(slope, exact_slope, rtol=0, atol=2e-9)
     m32, s32 = _rician((r[:1000] * 20.0).astype(np.float32), 20.0, np)
     assert m32.dtype == np.float32 and s32.dtype == np.float32  # no silent promotion to float64
+
+
+@pytest.mark.parametrize("method", ["nlls", "truncation", "rician"])
+def test_iterative_fits_reach_the_least_squares_optimum_of_an_independent_solver(method):
+    """On noisy voxels the batched fits (Newton on R2* with S0 profiled out; Levenberg-Marquardt on the
+    Rician mean from its table) land on the optimum SciPy's least_squares finds per voxel with the exact
+    model, to well inside the stopping rule (1e-3 of the standard error)."""
+    from scipy.optimize import least_squares
+
+    rng = np.random.default_rng(21)
+    sigma = 20.0
+    y = _noisy(R2, 6, sigma, rng)
+    fit = R2StarModel(TE, method=method).fit(y, sigma=sigma)
+    ok = np.flatnonzero(fit.status == STATUS["ok"])
+    assert ok.size >= 30
+    for i in ok:
+        use = np.cumprod(y[i] > 3.0 * sigma).astype(bool) if method == "truncation" else np.ones(TE.size, bool)
+        te, yi = TE[use], y[i, use]
+
+        def resid(p, te=te, yi=yi):
+            nu = p[0] * np.exp(-p[1] * te)
+            return yi - (rician_mean(nu, sigma) if method == "rician" else nu)
+
+        ref = least_squares(resid, [1.1 * fit.s0[i], 0.8 * fit.r2star[i]], method="lm", xtol=1e-15, ftol=1e-15, gtol=1e-15).x
+        sd_s0, sd_r2 = np.sqrt(fit.variance[i])
+        assert abs(fit.r2star[i] - ref[1]) <= 2e-3 * sd_r2 + 1e-9 * ref[1], (i, fit.r2star[i], ref[1], sd_r2)
+        assert abs(fit.s0[i] - ref[0]) <= 2e-3 * sd_s0 + 1e-9 * ref[0], (i, fit.s0[i], ref[0], sd_s0)
