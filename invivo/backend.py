@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["cupy", "has_gpu", "get_array_module", "to_device", "float_dtype", "check_same_device", "special"]
+__all__ = ["cupy", "has_gpu", "get_array_module", "to_device", "float_dtype", "check_same_device", "special", "cpu_cores"]
 
 
 def _import_cupy():
@@ -32,6 +32,17 @@ def _import_cupy():
 
 
 cupy = _import_cupy()
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity set where the OS has one): threads for block-wise
+    NumPy work, which releases the GIL in its loops."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def has_gpu() -> bool:

@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from ..backend import get_array_module, to_device
+from ..backend import cpu_cores, get_array_module, to_device
 from ..errors import ParameterError
 from .base import Frames, frame_weights
 from .inputs import InputFunction
@@ -361,17 +361,13 @@ def compartment_map(data, frames: Frames, inp: InputFunction, *, model: str = "2
         if xp is np:
             # blocks of at most 8192 voxels (cache), and at least one per core: 10,000 voxels in blocks of
             # 8192 and 1808 left one core idle most of the time
-            from ..relax.r2star import _workers
-
-            chunk = max(256, min(8192, -(-n_todo // _workers())))
+            chunk = max(256, min(8192, -(-n_todo // cpu_cores())))
     starts = range(0, n_todo, int(chunk))
     if xp is np and len(starts) > 1:
         # blocks are independent and write disjoint voxels; NumPy releases the GIL in its loops
         from concurrent.futures import ThreadPoolExecutor
 
-        from ..relax.r2star import _workers
-
-        with ThreadPoolExecutor(max_workers=_workers()) as pool:
+        with ThreadPoolExecutor(max_workers=cpu_cores()) as pool:
             list(pool.map(block, starts))
     else:
         for s0 in starts:

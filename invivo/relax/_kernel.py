@@ -65,7 +65,8 @@ template<typename T> __device__ inline T nmin(T a, T b) { return (a != a) ? a : 
 template<typename T> __device__ inline T nclip(T x, T lo, T hi) { return nmin(nmax(x, lo), hi); }
 template<typename T> __device__ inline bool fin(T x) { return (x - x) == (T)0; }
 
-// _i0e_i1e: exponentially scaled Bessel I0, I1; the 4-term asymptotic series above z = 40
+// exponentially scaled Bessel I0, I1; the 4-term asymptotic series above z = 40 (the array code's _rician
+// uses the same series above r = 16 and a Hermite table of the mean below: equal to 2e-9)
 template<typename T> __device__ inline void i0e_i1e(T z, T& i0, T& i1) {
     if (z > (T)40) {
         T u = (T)1 / ((T)8 * z);

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backend import check_same_device, device_of, float_dtype, get_array_module, special, to_device
+from ..backend import check_same_device, cpu_cores, device_of, float_dtype, get_array_module, special, to_device
 from ..errors import GeometryError, InvivoWarning, ParameterError
 from ..volume import Volume
 from . import _kernel
@@ -54,42 +54,12 @@ _NEGATIVE_WARNING = "negative values in magnitude data: their absolute value is 
 _ZERO_ERROR = "data are all zero: nothing to fit"
 
 
-def _workers() -> int:
-    import os
-
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 # ----------------------------------------------------------------------------- pure functions
 def r2star_signal(s0, r2star, echo_times_s):
     """``S0 exp(-R2* TE)``: arrays ``s0``, ``r2star`` of shape (...), echo times (E,) -> (..., E)."""
     xp = get_array_module(s0, r2star)
     te = xp.asarray(echo_times_s, dtype=float_dtype(getattr(r2star, "dtype", np.float64)))
     return xp.asarray(s0)[..., None] * xp.exp(-xp.asarray(r2star)[..., None] * te)
-
-
-_ASYMPTOTIC_Z = 40.0  # above this i0e/i1e follow their 4-term asymptotic series to < 1e-8 relative
-
-
-def _i0e_i1e(z, xp):
-    """Exponentially scaled Bessel I0 and I1: the asymptotic series where z is large (cheap), the
-    library functions elsewhere (only on those elements)."""
-    big = z > _ASYMPTOTIC_Z
-    zb = xp.where(big, z, _ASYMPTOTIC_Z)
-    u = 1.0 / (8.0 * zb)
-    pre = 1.0 / xp.sqrt(2.0 * math.pi * zb)
-    i0 = pre * (1.0 + u * (1.0 + u * (4.5 + u * 37.5)))          # 1 + 1/8z + 9/2(8z)^2 + 225/6(8z)^3
-    i1 = pre * (1.0 - u * (3.0 + u * (7.5 + u * 52.5)))          # 1 - 3/8z - 15/2(8z)^2 - 315/6(8z)^3
-    small = ~big
-    if bool(small.any()):  # host: one scalar to skip the library call when every element is large
-        sp = special(xp)
-        zs = z[small]
-        i0[small] = sp.i0e(zs)
-        i1[small] = sp.i1e(zs)
-    return i0, i1
 
 
 #: the Rician mean's table: r = nu / sigma from 0 to 16, 2,048 intervals; above, the asymptotic series
@@ -834,7 +804,7 @@ class R2StarModel:
 
     def _finish(self, y, te, sigma, xp, m, spatial, dtype, n_e, affine, meta) -> R2StarFit:
         n = y.shape[0]
-        workers = _workers()
+        workers = cpu_cores()
         if xp is np and n > _CHUNK and workers > 1:
             # blocks of at most _CHUNK voxels, of equal size and an even count (100,000 voxels in 4 blocks of
             # 25,000 rather than 3 of 32,768 and one of 1,696, which left one of 2 cores idle a quarter of the
