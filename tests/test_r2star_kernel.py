@@ -39,8 +39,14 @@ def _get(x):
     return cupy.asnumpy(x) if cupy is not None and isinstance(x, cupy.ndarray) else np.asarray(x)
 
 
-def _compare(kern, ref, dtype):
-    """Status agreement and map agreement on voxels of equal status."""
+def _compare(kern, ref, dtype, method=None):
+    """Status agreement and map agreement on voxels of equal status.
+
+    The Rician fit's residual is held to 1e-5 rather than 1e-7 in float64: its model is moved along J by the
+    last, unevaluated Newton step, whose length depends on the model's curvature, from the table's cubic in
+    the array code (good to 1e-6 of its scale) and from Bessel functions in the kernel.  Its parameters still
+    agree to 1e-7.
+    """
     st_k, st_r = _get(kern.status), _get(ref.status)
     agree = st_k == st_r
     # float32 rounding can tip a voxel that sits on a threshold (noise floor, convergence); float64 must agree
@@ -52,6 +58,8 @@ def _compare(kern, ref, dtype):
         for col in range(b.shape[1]) if b.ndim == 2 else [None]:
             ac, bc = (a, b) if col is None else (a[:, col], b[:, col])
             atol = rtol * float(np.max(np.abs(bc), initial=0.0))
+            if name == "residual" and method == "rician" and dtype == np.float64:
+                atol = max(atol, 1e-5 * float(np.max(np.abs(bc), initial=0.0)))
             if name == "residual":  # exact fits (2 echoes, noise-free) leave rounding noise of the signal's size
                 atol = max(atol, 1e3 * np.finfo(dtype).eps * float(np.max(_get(kern.params)[..., 0])))
             np.testing.assert_allclose(ac, bc, rtol=rtol, atol=atol, err_msg=f"{name} {col}")
@@ -98,7 +106,7 @@ def test_host_built_kernel_matches_array_code(method, dtype, with_host_kernel):
     kern = R2StarModel(te, method=method, engine="kernel").fit(y, mask=mask, sigma=20.0)
     assert kern.extra["engine"] == "kernel" and ref.extra["engine"] == "array"
     assert kern.extra["n_fitted"] == ref.extra["n_fitted"]
-    _compare(kern, ref, dtype)
+    _compare(kern, ref, dtype, method)
     assert np.all(_get(kern.status)[:3] == STATUS["outside_mask"])
 
 
@@ -109,7 +117,7 @@ def test_host_built_kernel_other_echo_counts(method, n_e, with_host_kernel):
     y = _data(np.random.default_rng(n_e), n_e=n_e, te=te, n=800)
     ref = R2StarModel(te, method=method, engine="array").fit(y, sigma=20.0)
     kern = R2StarModel(te, method=method, engine="kernel").fit(y, sigma=20.0)
-    _compare(kern, ref, np.float64)
+    _compare(kern, ref, np.float64, method)
 
 
 def test_host_built_kernel_noise_free_recovery(with_host_kernel):
@@ -169,8 +177,8 @@ def test_gpu_kernel_and_array_code_match_numpy(method, dtype):
     arr = R2StarModel(te, method=method, engine="array").fit(yg, mask=mg, sigma=20.0)
     assert isinstance(kern.params, cupy.ndarray) and kern.extra["engine"] == "kernel"
     assert kern.params.dtype == dtype
-    _compare(kern, ref, dtype)
-    _compare(arr, ref, dtype)
+    _compare(kern, ref, dtype, method)
+    _compare(arr, ref, dtype, method)
 
 
 @gpu
@@ -181,7 +189,7 @@ def test_gpu_kernel_estimates_sigma_and_flags_bad_data():
     ref = R2StarModel(TE).fit(vol)
     kern = R2StarModel(TE, engine="kernel").fit(cupy.asarray(vol))
     assert kern.sigma == pytest.approx(ref.sigma, rel=1e-9)
-    _compare(kern, ref, np.float64)
+    _compare(kern, ref, np.float64, "rician")
     with pytest.warns(InvivoWarning, match="negative"):
         R2StarModel(TE, engine="kernel").fit(-cupy.asarray(vol[8:10, 8:10, 0]), sigma=20.0)
     with pytest.raises(ParameterError, match="all zero"):

@@ -26,6 +26,9 @@ METHOD_CODES = {"loglin": 0, "wls": 1, "arlo": 2, "nlls": 3, "truncation": 4, "r
 #: echoes per voxel handled by the kernel (more: the array path)
 MAX_ECHOES = 64
 _BLOCK = 128
+#: the Rician fit (r2star._lm and lm here) stops when its next step is below this fraction of the parameters'
+#: standard errors, and takes that step
+LM_STOP = 5e-2
 
 # The NumPy expressions each C++ function replaces are named beside it (r2star.py).
 SOURCE = r"""
@@ -43,6 +46,8 @@ SOURCE = r"""
 #define M_NLLS 3
 #define M_TRUNC 4
 #define M_RICIAN 5
+// _lm's stop: the next step below this fraction of the standard errors
+#define LM_STOP %(lm_stop)s
 
 template<typename T> struct Lim;
 template<> struct Lim<float> {
@@ -80,14 +85,15 @@ template<typename T> __device__ inline void i0e_i1e(T z, T& i0, T& i1) {
     }
 }
 
-// _rician: Rician mean A(nu, sigma) and dA/dnu
+// _rician: Rician mean A(nu, sigma), dA/dnu and d2A/dnu2 = sqrt(pi/2) / (2 sigma) (i0e - i1e)(nu^2 / 4 sigma^2)
 //   two_s2 = 2 sigma^2, s_sq = sigma sqrt(pi/2), sq_2s = sqrt(pi/2) / (2 sigma)
-template<typename T> __device__ inline void rician(T nu, T two_s2, T s_sq, T sq_2s, T& mean, T& dmean) {
+template<typename T> __device__ inline void rician(T nu, T two_s2, T s_sq, T sq_2s, T& mean, T& dmean, T& d2mean) {
     T x = nu * nu / two_s2;
     T i0, i1;
     i0e_i1e(x / (T)2, i0, i1);
     mean = s_sq * (((T)1 + x) * i0 + x * i1);
     dmean = sq_2s * nu * (i0 + i1);
+    d2mean = sq_2s * (i0 - i1);
 }
 
 // _weighted_loglin: closed-form weighted LS of log y = a - R te
@@ -136,26 +142,28 @@ template<typename T, int NE> __device__ inline bool arlo(const T* y, const T* t,
     return ss > 0;
 }
 
-// model() inside _lm: the Rician mean f and j0 = df/dS0 (df/dR2* = -S0 te j0)
+// model() inside _lm: the Rician mean f, j0 = df/dS0 (df/dR2* = -S0 te j0) and k2 = d2f/dS0^2 = A'' e^2
 template<typename T, int NE> __device__ inline void lm_model(T s0, T r2, const T* t, T two_s2, T s_sq, T sq_2s,
-                                                          T* f, T* j0) {
+                                                          T* f, T* j0, T* k2) {
 #pragma unroll
     for (int e = 0; e < NE; ++e) {
         T ee = exp(-r2 * t[e]);
-        T m, dm;
-        rician(s0 * ee, two_s2, s_sq, sq_2s, m, dm);
-        f[e] = m; j0[e] = dm * ee;
+        T m, dm, d2m;
+        rician(s0 * ee, two_s2, s_sq, sq_2s, m, dm, d2m);
+        f[e] = m; j0[e] = dm * ee; k2[e] = d2m * ee * ee;
     }
 }
 
-// _lm: Levenberg-Marquardt on (S0, R2*) of the Rician mean for one voxel; returns converged
+// _lm: damped Newton on (S0, R2*) of the Rician mean for one voxel; returns converged, and in f, j0 the model and
+// its S0 derivative at the result (moved along J by the final step, as the array code does)
 template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, T& s0, T& r2, T two_s2, T s_sq,
-                                                    T sq_2s, T r2_lo, T r2_hi, T tol, int max_iter) {
+                                                    T sq_2s, T r2_lo, T r2_hi, T tol, int max_iter,
+                                                    T* f, T* j0) {
     const T tiny = Lim<T>::tiny();
     const T eps = Lim<T>::eps();
-    T f[NE], j0[NE], nf[NE], nj0[NE];
+    T k2[NE], nf[NE], nj0[NE], nk2[NE];
     T lam = (T)1e-3;
-    lm_model<T, NE>(s0, r2, t, two_s2, s_sq, sq_2s, f, j0);
+    lm_model<T, NE>(s0, r2, t, two_s2, s_sq, sq_2s, f, j0, k2);
     T cost = 0, scale = 0;
 #pragma unroll
     for (int e = 0; e < NE; ++e) {
@@ -167,35 +175,51 @@ template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, T
     bool converged = false;
     bool last_ok = true;  // the current point came from an accepted step (or the start)
     for (int it = 0; it < max_iter; ++it) {
-        T q0 = 0, q1 = 0, q2 = 0, p0 = 0, p1 = 0;
+        T q0 = 0, q1 = 0, q2 = 0, p0 = 0, p1 = 0, p2 = 0, c0 = 0, c1 = 0, c2 = 0;
 #pragma unroll
         for (int e = 0; e < NE; ++e) {
             T r = y[e] - f[e];
-            T jj = j0[e] * j0[e], jr = j0[e] * r;
-            q0 += jj; q1 += jj * t[e]; q2 += jj * (t[e] * t[e]);
-            p0 += jr; p1 += jr * t[e];
+            T jj = j0[e] * j0[e], jr = j0[e] * r, kr = k2[e] * r;
+            T tt = t[e] * t[e];
+            q0 += jj; q1 += jj * t[e]; q2 += jj * tt;
+            p0 += jr; p1 += jr * t[e]; p2 += jr * tt;
+            c0 += kr; c1 += kr * t[e]; c2 += kr * tt;
         }
         T a11 = q0, a12 = -s0 * q1, a22 = s0 * s0 * q2;
         T g0 = p0, g1 = -s0 * p1;
-        T b11 = a11 * ((T)1 + lam);
-        T b22 = a22 * ((T)1 + lam);
-        T det = b11 * b22 - a12 * a12;
+        T h11 = a11 - c0;
+        T h12 = a12 + p1 + s0 * c1;
+        T h22 = a22 - s0 * (p2 + s0 * c2);
+        bool pd = (h11 > 0) && (h22 > 0) && (h11 * h22 > h12 * h12);
+        if (!pd) { h11 = a11; h12 = a12; h22 = a22; }
+        T b11 = h11 * ((T)1 + lam);
+        T b22 = h22 * ((T)1 + lam);
+        T det = b11 * b22 - h12 * h12;
         bool good = det > 0;
         if (!good) det = (T)1;
-        T d0 = good ? (b22 * g0 - a12 * g1) / det : (T)0;
-        T d1 = good ? (b11 * g1 - a12 * g0) / det : (T)0;
+        T d0 = good ? (b22 * g0 - h12 * g1) / det : (T)0;
+        T d1 = good ? (b11 * g1 - h12 * g0) / det : (T)0;
         T det_a = a11 * a22 - a12 * a12;
         T s2 = cost / dof;
         T sd1 = det_a > 0 ? sqrt(s2 * a11 / det_a) : (T)0;
         T sd0 = det_a > 0 ? sqrt(s2 * a22 / det_a) : (T)0;
-        bool small = (fabs(d1) <= nmax(tol * (fabs(r2) + (T)1), (T)1e-3 * sd1))
-                     && (fabs(d0) <= nmax(tol * (fabs(s0) + (T)1), (T)1e-3 * sd0));
+        bool small = (fabs(d1) <= nmax(tol * (fabs(r2) + (T)1), (T)LM_STOP * sd1))
+                     && (fabs(d0) <= nmax(tol * (fabs(s0) + (T)1), (T)LM_STOP * sd0));
         bool ok_stop = (small && (last_ok || lam >= (T)1e3)) || (cost <= (T)1e-30 * scale);
         converged = ok_stop;
-        if (ok_stop || lam >= (T)1e12) break;
+        if (ok_stop || lam >= (T)1e12) {
+            bool fin_step = small && last_ok;  // an undamped step this small: taken without a new evaluation
+            T fs0 = nmax(s0 + (fin_step ? d0 : (T)0), (T)1e-12 * fabs(s0) + tiny);
+            T fr2 = nclip(r2 + (fin_step ? d1 : (T)0), r2_lo, r2_hi);
+            T fd0 = fs0 - s0, fd1 = fr2 - r2;
+#pragma unroll
+            for (int e = 0; e < NE; ++e) f[e] = f[e] + j0[e] * (fd0 - s0 * fd1 * t[e]);
+            s0 = fs0; r2 = fr2;
+            break;
+        }
         T ns0 = nmax(s0 + d0, (T)1e-12 * fabs(s0) + tiny);
         T nr2 = nclip(r2 + d1, r2_lo, r2_hi);
-        lm_model<T, NE>(ns0, nr2, t, two_s2, s_sq, sq_2s, nf, nj0);
+        lm_model<T, NE>(ns0, nr2, t, two_s2, s_sq, sq_2s, nf, nj0, nk2);
         T ncost = 0;
 #pragma unroll
         for (int e = 0; e < NE; ++e) {
@@ -207,7 +231,7 @@ template<typename T, int NE> __device__ inline bool lm(const T* y, const T* t, T
         if (accept) {
             s0 = ns0; r2 = nr2; cost = ncost;
 #pragma unroll
-            for (int e = 0; e < NE; ++e) { f[e] = nf[e]; j0[e] = nj0[e]; }
+            for (int e = 0; e < NE; ++e) { f[e] = nf[e]; j0[e] = nj0[e]; k2[e] = nk2[e]; }
             lam = nmax(lam / (T)10, (T)1e-12);
         } else {
             lam = nmin(lam * (T)10, (T)1e12);
@@ -341,6 +365,7 @@ __device__ inline void fit_voxel(const T* __restrict__ yin, const unsigned char*
         used = (int)u;
     }
     T s0, r2;
+    T lf[NE], lj0[NE];  // the Rician fit's model and S0 derivative at its result
     bool ok;
     if (method == M_LOGLIN) {
         ok = wloglin<T, NE>(y, t, pos, s0, r2);
@@ -366,7 +391,7 @@ __device__ inline void fit_voxel(const T* __restrict__ yin, const unsigned char*
         if (method == M_NLLS || method == M_TRUNC || method == M_RICIAN) {
             if (!(ok && fin(s0) && fin(r2))) { s0 = y[0]; r2 = 0; }
             if (method == M_RICIAN) {
-                converged = lm<T, NE>(y, t, s0, r2, two_s2, s_sq, sq_2s, r2_lo, r2_hi, tol, max_iter);
+                converged = lm<T, NE>(y, t, s0, r2, two_s2, s_sq, sq_2s, r2_lo, r2_hi, tol, max_iter, lf, lj0);
             } else {
                 converged = vp_newton<T, NE>(y, t, w, s0, r2, r2_lo, r2_hi, tol, max_iter);
             }
@@ -382,16 +407,13 @@ __device__ inline void fit_voxel(const T* __restrict__ yin, const unsigned char*
     T pred[NE];
 #pragma unroll
     for (int e = 0; e < NE; ++e) {
-        T ee = exp(-r2 * t[e]);
-        T nu = s0 * ee;
         T jj;
-        if (ric) {
-            T m, dm;
-            rician(nu, two_s2, s_sq, sq_2s, m, dm);
-            pred[e] = m;
-            jj = dm * dm * ee * ee;
+        if (ric) {  // the fit's last evaluation (r2star._voxel_results takes it too)
+            pred[e] = lf[e];
+            jj = lj0[e] * lj0[e];
         } else {
-            pred[e] = nu;
+            T ee = exp(-r2 * t[e]);
+            pred[e] = s0 * ee;
             jj = ee * ee;
         }
         T r = y[e] - pred[e];
@@ -459,8 +481,8 @@ __global__ void r2star_fit(const T* __restrict__ yin, const unsigned char* __res
 
 
 def source(status: dict) -> str:
-    """The C++/CUDA source with the status codes filled in."""
-    return SOURCE % status
+    """The C++/CUDA source with the status codes (and the Rician fit's stopping rule) filled in."""
+    return SOURCE % dict(status, lm_stop=repr(float(LM_STOP)))
 
 
 def _memoize(fn):

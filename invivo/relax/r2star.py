@@ -50,6 +50,7 @@ METHODS = ("loglin", "wls", "arlo", "nlls", "truncation", "rician")
 DEFAULT_METHOD = "rician"
 _SQRT_HALF_PI = math.sqrt(math.pi / 2.0)
 _CHUNK = 1 << 15  # voxels per block on the CPU
+_LM_STOP = _kernel.LM_STOP  # the Rician fit's stopping rule (see _lm), shared with the kernel
 _NEGATIVE_WARNING = "negative values in magnitude data: their absolute value is fitted"
 _ZERO_ERROR = "data are all zero: nothing to fit"
 
@@ -106,14 +107,17 @@ def _rician_table(xp, dtype):
     return _rician_tables[key]
 
 
-def _rician(nu, sigma, xp):
-    """Rician mean A(nu, sigma) and dA/dnu, for any nu / sigma >= 0, without Bessel function calls.
+def _rician(nu, sigma, xp, second=False):
+    """Rician mean A(nu, sigma) and dA/dnu (and with ``second``, d2A/dnu2), for any nu / sigma >= 0, without
+    Bessel function calls.
 
     One cubic Hermite table (1,024 intervals) of ``H = A / sigma - r`` in ``w = 1 / (r + 2)``,
-    ``r = nu / sigma``, covers every r: ``A = sigma (r + H(w))`` and ``dA/dnu = 1 - H'(w) w^2``.  Error below
-    1e-12 relative on the mean and 5e-10 absolute on its slope (tested against the exact
-    :func:`rician_mean`), where SciPy's i0e and i1e cost some 100 exps per element; the fused kernel
-    evaluates the Bessel functions (same values to that error).
+    ``r = nu / sigma``, covers every r: ``A = sigma (r + H(w))``, ``dA/dnu = 1 - H'(w) w^2`` and
+    ``d2A/dnu2 = (H''(w) w^4 + 2 H'(w) w^3) / sigma``.  Error below 1e-12 relative on the mean and 5e-10
+    absolute on its slope (tested against the exact :func:`rician_mean`), where SciPy's i0e and i1e cost
+    some 100 exps per element; the fused kernel evaluates the Bessel functions (same values to that error).
+    The curvature, the cubic's second derivative, is good to some 1e-6 of its scale: only the size of a
+    Newton step depends on it, never the optimum.
     """
     coef = _rician_table(xp, nu.dtype)
     n_int = _RICIAN_TABLE_N
@@ -140,11 +144,23 @@ def _rician(nu, sigma, xp):
     a2 *= 2.0
     dmean += a2
     dmean *= t
-    dmean += a1
+    dmean += a1  # dH/dw / inv_h
+    if second:  # (H'' w + 2 H') w^3 / sigma, with H' = dmean inv_h and H'' = (6 a3 t + 2 a2) inv_h^2
+        d2 = a3 * (6.0 * t)
+        d2 += a2
+        d2 *= w
+        d2 *= inv_h
+        d2 += 2.0 * dmean
+        w3 = w * w
+        w3 *= w
+        w3 *= inv_h / sigma
+        d2 *= w3
     w *= w
     w *= -inv_h
     dmean *= w
     dmean += 1.0
+    if second:
+        return mean, dmean, d2
     return mean, dmean
 
 
@@ -475,15 +491,22 @@ def _vp_newton(y, te, w, r2, *, max_iter, xp, tol=None):
 
 
 def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
-    """Batched Levenberg-Marquardt on (S0, R2*) for the Rician mean ``A(S0 exp(-R2* TE), sigma)``.
+    """Batched damped Newton (Levenberg-Marquardt) on (S0, R2*) for the Rician mean ``A(S0 exp(-R2* TE), sigma)``.
 
     Minimises sum (y - A)^2 per voxel; returns s0, r2, converged and the model and ``j0`` (below) at the
-    result, (n, E) each, for the quality measures.  Each iteration works on
-    the voxels still moving only (an active set), so the cost follows the slowest voxels'
-    count, not the whole volume's.  With ``j0 = dA/dS0 = A' e`` the other derivative is
-    ``dA/dR2* = -S0 te j0``, so J'J and J'r are sums of ``j0^2`` and ``j0 r`` times 1, te, te^2:
-    one matrix product each.  Converged: the step is below ``tol`` relative (a few float eps of
-    the data's dtype) or 1e-3 of the parameter's standard error, or the residual vanishes.
+    result, (n, E) each, for the quality measures.  Each iteration works on the voxels still moving only (an
+    active set), so the cost follows the slowest voxels' count, not the whole volume's.
+
+    With ``j0 = dA/dS0 = A' e`` the other derivative is ``dA/dR2* = -S0 te j0``, so J'J and J'r are sums of
+    ``j0^2`` and ``j0 r`` times 1, te, te^2: one matrix product each.  The step is Newton's: J'J less the
+    residual-weighted curvature of the model (from A'' and A'; a third product), where that matrix is
+    positive definite, Gauss-Newton's where not, damped by Marquardt's lambda.
+
+    Converged: the next step is below ``tol`` relative (a few float eps of the data's dtype) or below
+    ``_LM_STOP`` of the parameter's standard error (from J'J and the residual), or the residual vanishes.
+    That last, small step is then taken without a new evaluation: Newton's step from that close is exact to
+    second order (its error some 1e-3 of the step), and the model it returns is moved along J to match
+    (exact to the step's square, a few 1e-4 of the noise variance in the residual at most).
     """
     dt = y.dtype
     n, n_e = y.shape
@@ -498,9 +521,14 @@ def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
 
     def model(s0_, r2_):
         e = xp.exp(-r2_[:, None] * te)
-        mean, dmean = _rician(s0_[:, None] * e, sigma, xp)
+        mean, dmean, d2 = _rician(s0_[:, None] * e, sigma, xp, second=True)
         dmean *= e
-        return mean, dmean
+        d2 *= e
+        d2 *= e
+        return mean, dmean, d2
+
+    def bounded(s0_, r2_, d0_, d1_):
+        return xp.maximum(s0_ + d0_, 1e-12 * xp.abs(s0_) + tiny), xp.clip(r2_ + d1_, r2_lo, r2_hi)
 
     s0 = s0.copy()
     r2 = r2.copy()
@@ -508,7 +536,7 @@ def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
     act = xp.arange(n)
     ya, s0a, r2a = y, s0, r2
     lam = xp.full(n, 1e-3, dtype=dt)
-    f, j0 = model(s0a, r2a)
+    f, j0, k2 = model(s0a, r2a)
     f_out, j0_out = xp.empty_like(f), xp.empty_like(j0)
     res = ya - f
     cost = (res * res) @ ones
@@ -516,17 +544,27 @@ def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
     last_ok = xp.ones(n, dtype=bool)  # the current point came from an accepted step (or the start)
     for _ in range(max_iter):
         a = (j0 * j0) @ powers
-        g = (j0 * res) @ powers[:, :2]
+        g = (j0 * res) @ powers
+        c = (k2 * res) @ powers
         a11, a12, a22 = a[:, 0], -s0a * a[:, 1], s0a * s0a * a[:, 2]
         g0, g1 = g[:, 0], -s0a * g[:, 1]
-        b11 = a11 * (1.0 + lam)
-        b22 = a22 * (1.0 + lam)
-        det = b11 * b22 - a12 * a12
+        # the Hessian of cost / 2: J'J - sum r d2A/dp dq, with d2A/dS0^2 = A'' e^2 (k2),
+        # d2A/dS0 dR2* = -te (A' e + S0 k2) and d2A/dR2*^2 = S0 te^2 (A' e + S0 k2)
+        h11 = a11 - c[:, 0]
+        h12 = a12 + g[:, 1] + s0a * c[:, 1]
+        h22 = a22 - s0a * (g[:, 2] + s0a * c[:, 2])
+        pd = (h11 > 0) & (h22 > 0) & (h11 * h22 > h12 * h12)
+        h11 = xp.where(pd, h11, a11)
+        h12 = xp.where(pd, h12, a12)
+        h22 = xp.where(pd, h22, a22)
+        b11 = h11 * (1.0 + lam)
+        b22 = h22 * (1.0 + lam)
+        det = b11 * b22 - h12 * h12
         good = det > 0
         det = xp.where(good, det, 1.0)
-        d0 = xp.where(good, (b22 * g0 - a12 * g1) / det, 0.0)
-        d1 = xp.where(good, (b11 * g1 - a12 * g0) / det, 0.0)
-        # converged before the step is tried: it is below float precision, or below 1e-3 of the parameter's
+        d0 = xp.where(good, (b22 * g0 - h12 * g1) / det, 0.0)
+        d1 = xp.where(good, (b11 * g1 - h12 * g0) / det, 0.0)
+        # converged before the step is tried: it is below float precision, or below _LM_STOP of the parameter's
         # own standard error (estimated from the residual), and not merely shortened by the damping a rejected
         # step raised (unless that damping is already huge): further digits would be noise, not information
         det_a = a11 * a22 - a12 * a12
@@ -534,29 +572,32 @@ def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
         s2 = cost / dof
         sd1 = xp.sqrt(s2 * a11 / det_a)
         sd0 = xp.sqrt(s2 * a22 / det_a)
-        small = ((xp.abs(d1) <= xp.maximum(tol * (xp.abs(r2a) + 1.0), 1e-3 * sd1))
-                 & (xp.abs(d0) <= xp.maximum(tol * (xp.abs(s0a) + 1.0), 1e-3 * sd0)))
+        small = ((xp.abs(d1) <= xp.maximum(tol * (xp.abs(r2a) + 1.0), _LM_STOP * sd1))
+                 & (xp.abs(d0) <= xp.maximum(tol * (xp.abs(s0a) + 1.0), _LM_STOP * sd0)))
+        final = small & last_ok  # an undamped step this small: take it (below)
         ok_stop = (small & (last_ok | (lam >= 1e3))) | (cost <= 1e-30 * scale)
         stop = ok_stop | (lam >= 1e12)
-        s0[act] = s0a
-        r2[act] = r2a
+        fs0, fr2 = bounded(s0a, r2a, xp.where(final, d0, 0.0), xp.where(final, d1, 0.0))
+        fd0, fd1 = fs0 - s0a, fr2 - r2a  # before s0 is written: s0a is s0 itself until the set first shrinks
+        s0[act] = fs0
+        r2[act] = fr2
         converged[act] = ok_stop
         keep = ~stop
         n_keep = int(keep.sum())  # host: one scalar per iteration
+        if n_keep < keep.shape[0]:  # the model at the stopped voxels' results: A + J d, j0 as it was
+            idx = xp.nonzero(stop)[0]
+            fd0, fd1 = fd0[idx], fd1[idx]
+            f_out[act[idx]] = f[idx] + j0[idx] * (fd0[:, None] - (s0a[idx] * fd1)[:, None] * te)
+            j0_out[act[idx]] = j0[idx]
         if n_keep == 0:
-            f_out[act] = f
-            j0_out[act] = j0
             break
-        if n_keep < keep.shape[0]:  # the model at the stopped voxels' results
-            f_out[act[stop]] = f[stop]
-            j0_out[act[stop]] = j0[stop]
         if n_keep < keep.shape[0]:  # shrink the active set
             act, ya, s0a, r2a, d0, d1 = act[keep], ya[keep], s0a[keep], r2a[keep], d0[keep], d1[keep]
             last_ok = last_ok[keep]
-            f, j0, res, cost, lam, scale = f[keep], j0[keep], res[keep], cost[keep], lam[keep], scale[keep]
-        ns0 = xp.maximum(s0a + d0, 1e-12 * xp.abs(s0a) + tiny)
-        nr2 = xp.clip(r2a + d1, r2_lo, r2_hi)  # keeps exp() finite whatever the step
-        nf, nj0 = model(ns0, nr2)
+            f, j0, k2, res = f[keep], j0[keep], k2[keep], res[keep]
+            cost, lam, scale = cost[keep], lam[keep], scale[keep]
+        ns0, nr2 = bounded(s0a, r2a, d0, d1)  # keeps exp() finite whatever the step
+        nf, nj0, nk2 = model(ns0, nr2)
         nres = ya - nf
         ncost = (nres * nres) @ ones
         # better, or equal to rounding: near the optimum the cost cannot tell steps apart that the gradient can
@@ -566,6 +607,7 @@ def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
         acc = accept[:, None]
         f = xp.where(acc, nf, f)
         j0 = xp.where(acc, nj0, j0)
+        k2 = xp.where(acc, nk2, k2)
         res = xp.where(acc, nres, res)
         cost = xp.where(accept, ncost, cost)
         lam = xp.where(accept, xp.maximum(lam / 10.0, 1e-12), xp.minimum(lam * 10.0, 1e12))
@@ -662,7 +704,7 @@ class R2StarModel:
         One of :data:`METHODS` (default :data:`DEFAULT_METHOD`).
     max_iter : int
         Iterations of the nonlinear fits (Newton on R2* for ``nlls`` and ``truncation``,
-        Levenberg-Marquardt on (S0, R2*) for ``rician``).
+        damped Newton (Levenberg-Marquardt) on (S0, R2*) for ``rician``).
     noise_k : float
         Echoes below ``noise_k`` x sigma are at the noise floor (truncation, saturation flags).
     wls_iterations : int
@@ -747,8 +789,9 @@ class R2StarModel:
         dtype = float_dtype(arr.dtype)
         arr = arr.astype(dtype, copy=False)
         fused = self._use_kernel(xp)
-        # the kernel checks signs in its single pass over the data, unless sigma must be estimated first
-        if not fused or sigma is None:
+        # the kernel, and the array code's blocks, check signs in their pass over the data, unless sigma must be
+        # estimated first
+        if sigma is None:
             if bool((arr < 0).any()):
                 warnings.warn(_NEGATIVE_WARNING, InvivoWarning, stacklevel=2)
                 arr = xp.abs(arr)
@@ -756,7 +799,7 @@ class R2StarModel:
                 raise ParameterError(_ZERO_ERROR)
         spatial = arr.shape[:-1]
         if mask is None:
-            m = None if fused else xp.ones(spatial, dtype=bool)
+            m = None
         else:
             m = mask.data if isinstance(mask, Volume) else mask
             if isinstance(mask, Volume) and affine is not None and not np.allclose(mask.affine, affine, atol=1e-3):
@@ -786,11 +829,24 @@ class R2StarModel:
                              extra={"n_fitted": int(m.sum()) if mask is not None else math.prod(spatial),
                                     "n_echoes": len(self.echo_times_s), "engine": "kernel"}, **maps)
 
-        y = arr[m]  # (n, E)
+        y = arr.reshape(-1, arr.shape[-1]) if m is None else arr[m]  # (n, E); a view of the input without a mask
         te = xp.asarray(self.echo_times_s, dtype=dtype)
-        n_e = te.shape[0]
         with np.errstate(all="ignore"):  # failed voxels become non-finite and get a status below
-            return self._finish(y, te, sigma, xp, m, spatial, dtype, n_e, affine, meta)
+            maps, negative, positive = self._finish(y, te, sigma, xp)
+        if negative:
+            warnings.warn(_NEGATIVE_WARNING, InvivoWarning, stacklevel=2)
+        if not positive and not (m is not None and bool((arr > 0).any())):  # all zero, not just inside the mask
+            raise ParameterError(_ZERO_ERROR)
+        for name, v in maps.items():  # back onto the image grid
+            if m is None:
+                maps[name] = v.reshape(spatial + v.shape[1:])
+            else:
+                fill = STATUS["outside_mask"] if name == "status" else 0
+                full = xp.full(spatial + v.shape[1:], fill, dtype=v.dtype)
+                full[m] = v
+                maps[name] = full
+        return R2StarFit(model=self, sigma=sigma, affine=affine, meta=meta,
+                         extra={"n_fitted": int(y.shape[0]), "n_echoes": int(te.shape[0]), "engine": "array"}, **maps)
 
     def _use_kernel(self, xp) -> bool:
         """Whether this fit runs the fused kernel (CuPy input, up to MAX_ECHOES echoes)."""
@@ -802,8 +858,44 @@ class R2StarModel:
                                  "engine='array' (or 'auto')")
         return ok
 
-    def _finish(self, y, te, sigma, xp, m, spatial, dtype, n_e, affine, meta) -> R2StarFit:
+    def _finish(self, y, te, sigma, xp):
+        """Fit the voxels (rows of y) block by block and clean the results: (maps of n voxels, negative, positive).
+
+        Each block checks the signs of its data (negative values: their magnitude is fitted) and writes its
+        cleaned results into the output arrays, so that nothing but the fit itself touches all the data, and
+        on the CPU all of it runs on every core.  The maps are 0 wherever the status is not ok / not converged,
+        and never non-finite.
+        """
         n = y.shape[0]
+        dtype = y.dtype
+        out = {"params": xp.empty((n, 2), dtype=dtype), "variance": xp.empty((n, 2), dtype=dtype),
+               "status": xp.empty(n, dtype=xp.uint8), "echoes_used": xp.empty(n, dtype=xp.uint8),
+               "residual": xp.empty(n, dtype=dtype), "r_squared": xp.empty(n, dtype=dtype),
+               "r2star_ceiling": xp.empty(n, dtype=dtype)}
+
+        def block(a, b):
+            yb = y[a:b]
+            negative = bool((yb < 0).any())  # host: one scalar per block
+            if negative:
+                yb = xp.abs(yb)
+            positive = bool((yb > 0).any())
+            res = self._voxel_results(yb, te, sigma, xp)
+            status = res["status"]
+            usable = (status == STATUS["ok"]) | (status == STATUS["not_converged"])
+            for name, col, key in (("params", 0, "s0"), ("params", 1, "r2"), ("variance", 0, "var_s0"),
+                                   ("variance", 1, "var_r2"), ("residual", None, "rms"), ("r_squared", None, "rsq")):
+                v = res[key]
+                v = xp.where(usable & xp.isfinite(v), v, 0.0)
+                if col is None:
+                    out[name][a:b] = v
+                else:
+                    out[name][a:b, col] = v
+            ceiling = res["ceiling"]
+            out["r2star_ceiling"][a:b] = xp.where(xp.isfinite(ceiling), ceiling, 0.0)
+            out["status"][a:b] = status
+            out["echoes_used"][a:b] = res["used"]
+            return negative, positive
+
         workers = cpu_cores()
         if xp is np and n > _CHUNK and workers > 1:
             # blocks of at most _CHUNK voxels, of equal size and an even count (100,000 voxels in 4 blocks of
@@ -812,45 +904,19 @@ class R2StarModel:
             n_blocks = -(-n // _CHUNK)
             n_blocks += n_blocks % 2
             size = -(-n // n_blocks)
-            # voxels are independent: fit chunks on all cores (NumPy releases the GIL in its loops),
-            # and keep each chunk's temporaries in cache
+            # voxels are independent: fit blocks on all cores (NumPy releases the GIL in its loops), and keep
+            # each block's temporaries in cache
             from concurrent.futures import ThreadPoolExecutor
 
-            def work(i):
+            def work(a):
                 with np.errstate(all="ignore"):  # errstate is per thread
-                    return self._voxel_results(y[i:i + size], te, sigma, xp)
+                    return block(a, min(n, a + size))
 
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                parts = list(pool.map(work, range(0, n, size)))
-            res = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+                flags = list(pool.map(work, range(0, n, size)))
         else:
-            res = self._voxel_results(y, te, sigma, xp)
-        s0, r2, status, used = res["s0"], res["r2"], res["status"], res["used"]
-        var_s0, var_r2, rms, rsq, ceiling = res["var_s0"], res["var_r2"], res["rms"], res["rsq"], res["ceiling"]
-        usable = (status == STATUS["ok"]) | (status == STATUS["not_converged"])
-
-        def scatter(v, fill=0):
-            out = xp.full(spatial, fill, dtype=v.dtype)
-            out[m] = v
-            return out
-
-        def clean(v):
-            return xp.where(usable & xp.isfinite(v), v, 0.0).astype(dtype)
-
-        params = xp.zeros(spatial + (2,), dtype=dtype)
-        params[m, 0] = clean(s0)
-        params[m, 1] = clean(r2)
-        variance = xp.zeros(spatial + (2,), dtype=dtype)
-        variance[m, 0] = clean(var_s0)
-        variance[m, 1] = clean(var_r2)
-        st = scatter(status.astype(xp.uint8), STATUS["outside_mask"])
-        return R2StarFit(
-            model=self, params=params, status=st, echoes_used=scatter(used.astype(xp.uint8)),
-            residual=scatter(clean(rms)), r_squared=scatter(clean(rsq)), variance=variance,
-            r2star_ceiling=scatter(xp.where(xp.isfinite(ceiling), ceiling, 0.0).astype(dtype)), sigma=sigma,
-            affine=affine, meta=meta,
-            extra={"n_fitted": int(n), "n_echoes": n_e, "engine": "array"},
-        )
+            flags = [block(0, n)] if n else [(False, False)]
+        return out, any(f[0] for f in flags), any(f[1] for f in flags)
 
     def _voxel_results(self, y, te, sigma, xp) -> dict:
         """Fit one block of voxels and the quality measures of each (1D arrays)."""
