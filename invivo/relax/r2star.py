@@ -71,7 +71,7 @@ _rician_tables: dict = {}
 
 
 def _rician_table(xp, dtype):
-    """Cubic coefficients (4, N) of ``H(w) = F(r) - r`` on each interval of the table, with ``F(r) = A(r, 1)``,
+    """Cubic coefficients (N, 4) of ``H(w) = F(r) - r`` on each interval of the table, with ``F(r) = A(r, 1)``,
     ``w = 1 / (r + a)`` and the interval's own coordinate ``t`` in [0, 1): cubic Hermite from H and dH/dw at
     the nodes, built once per array module, dtype and device.
 
@@ -102,7 +102,7 @@ def _rician_table(xp, dtype):
         hv[0], dh[0] = 0.0, 0.5  # w = 0: H = w / 2 + O(w^2)
         dh *= h
         f0, f1, d0, d1 = hv[:-1], hv[1:], dh[:-1], dh[1:]
-        coef = np.stack([f0, d0, 3.0 * (f1 - f0) - 2.0 * d0 - d1, 2.0 * (f0 - f1) + d0 + d1])
+        coef = np.stack([f0, d0, 3.0 * (f1 - f0) - 2.0 * d0 - d1, 2.0 * (f0 - f1) + d0 + d1], axis=1)
         _rician_tables[key] = xp.asarray(coef.astype(dtype))
     return _rician_tables[key]
 
@@ -130,8 +130,9 @@ def _rician(nu, sigma, xp, second=False):
     xp.minimum(kf, n_int - 1, out=kf)  # r = 0 sits on the last node
     u -= kf  # the interval coordinate t, same dtype as nu (an integer index here would promote to float64)
     t = u
-    k = kf.astype(xp.intp)
-    a0, a1, a2, a3 = (xp.take(coef[i], k) for i in range(4))
+    # one gather of each element's four coefficients (a row of the table), read as strided views
+    rows = xp.take(coef, kf.astype(xp.intp), axis=0)
+    a0, a1, a2, a3 = rows[..., 0], rows[..., 1], rows[..., 2], rows[..., 3]
     mean = a3 * t
     mean += a2
     mean *= t
@@ -389,6 +390,12 @@ def _arlo(y, te, xp):
     return s0, r2, ok
 
 
+def _rows(idx, *arrays, xp):
+    """The rows ``idx`` of each array (None stays None): an active set shrinking.  An integer take along the
+    first axis, several times faster than boolean indexing of (n, E) arrays."""
+    return tuple(None if a is None else xp.take(a, idx, axis=0) for a in arrays)
+
+
 def _vp_terms(r2, wy, w, te, powers, xp):
     """The sums of the profiled exponential fit at ``r2``: the data's projection on exp(-R te) and its first
     two R-derivatives (a0, a1, a2), and the model's norm and its derivatives (b0, b1, b2).  ``powers`` is
@@ -470,9 +477,8 @@ def _vp_newton(y, te, w, r2, *, max_iter, xp, tol=None):
         if n_keep == 0:
             break
         if n_keep < keep.shape[0]:  # shrink the active set
-            act, wy_a, syy_a, dof_a = act[keep], wy_a[keep], syy_a[keep], dof_a[keep]
-            w_a = None if w_a is None else w_a[keep]
-            r_a, s0_a, proj_a, g_a, c_a, d_a = r_a[keep], s0_a[keep], proj_a[keep], g_a[keep], c_a[keep], d_a[keep]
+            act, wy_a, syy_a, dof_a, w_a, r_a, s0_a, proj_a, g_a, c_a, d_a = _rows(
+                xp.nonzero(keep)[0], act, wy_a, syy_a, dof_a, w_a, r_a, s0_a, proj_a, g_a, c_a, d_a, xp=xp)
         cand = xp.clip(r_a + d_a, r2_lo, r2_hi)
         s0_c, proj_c, g_c, c_c = state(cand)
         # better, or equal to rounding (a sum of E terms): near the optimum the function value cannot tell two R
@@ -585,17 +591,14 @@ def _lm(y, te, s0, r2, *, sigma, max_iter, xp, tol=None):
         keep = ~stop
         n_keep = int(keep.sum())  # host: one scalar per iteration
         if n_keep < keep.shape[0]:  # the model at the stopped voxels' results: A + J d, j0 as it was
-            idx = xp.nonzero(stop)[0]
-            fd0, fd1 = fd0[idx], fd1[idx]
-            f_out[act[idx]] = f[idx] + j0[idx] * (fd0[:, None] - (s0a[idx] * fd1)[:, None] * te)
-            j0_out[act[idx]] = j0[idx]
+            at, fd0, fd1, fs, js, ss = _rows(xp.nonzero(stop)[0], act, fd0, fd1, f, j0, s0a, xp=xp)
+            f_out[at] = fs + js * (fd0[:, None] - (ss * fd1)[:, None] * te)
+            j0_out[at] = js
         if n_keep == 0:
             break
         if n_keep < keep.shape[0]:  # shrink the active set
-            act, ya, s0a, r2a, d0, d1 = act[keep], ya[keep], s0a[keep], r2a[keep], d0[keep], d1[keep]
-            last_ok = last_ok[keep]
-            f, j0, k2, res = f[keep], j0[keep], k2[keep], res[keep]
-            cost, lam, scale = cost[keep], lam[keep], scale[keep]
+            act, ya, s0a, r2a, d0, d1, last_ok, f, j0, k2, res, cost, lam, scale = _rows(
+                xp.nonzero(keep)[0], act, ya, s0a, r2a, d0, d1, last_ok, f, j0, k2, res, cost, lam, scale, xp=xp)
         ns0, nr2 = bounded(s0a, r2a, d0, d1)  # keeps exp() finite whatever the step
         nf, nj0, nk2 = model(ns0, nr2)
         nres = ya - nf
