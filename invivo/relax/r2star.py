@@ -1006,12 +1006,13 @@ class R2StarModel:
             s0, r2, ok = _weighted_loglin(y, te, pos * w, xp, logy)
             passes = self.wls_iterations if method == "wls" else 2
             wt = y * y * pos * w
-            for _ in range(passes):
+            for i in range(passes):
                 s0_new, r2_new, ok_new = _weighted_loglin(y, te, wt, xp, logy)
                 s0 = xp.where(ok_new, s0_new, s0)
                 r2 = xp.where(ok_new, r2_new, r2)
-                fitted = s0[:, None] * xp.exp(-r2[:, None] * te)
-                wt = fitted * fitted * pos * w
+                if i + 1 < passes:  # the next pass's weights
+                    fitted = s0[:, None] * xp.exp(-r2[:, None] * te)
+                    wt = fitted * fitted * pos * w
             if method in ("nlls", "truncation", "rician"):
                 start_ok = ok & xp.isfinite(s0) & xp.isfinite(r2)
                 s0 = xp.where(start_ok, s0, y[:, 0])
