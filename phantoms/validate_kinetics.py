@@ -439,7 +439,7 @@ def noise_setup(name: str, scan: Scan):
             cp, _, _ = plasma_terms(frames, inp)
             m = get_model(name, tstar_s=GRAPHICAL_TSTAR_S, weights=inverse_variance_weights(y, frames) * cp ** 2)
             judged = ("Ki", "V0")
-        else:  # noise in both axes: duration weights, the SE is shown, not judged
+        else:  # noise in both axes: duration weights; the SE comes from the curve's noise (tac_space_cov)
             m = get_model(name, tstar_s=GRAPHICAL_TSTAR_S)
             judged = ("VT",)
         sd = pet_noise_sd(y, frames)
@@ -530,7 +530,8 @@ def n_fits(name: str, quick: bool) -> int:
 def validate_noise(table: Table, scan: Scan, models, *, quick: bool, seed: int = DEFAULT_SEED) -> None:
     """Part 2: N noisy fits per model; median bias (judged for the main parameters), SE vs spread."""
     case = "2 noise"
-    se_judged = {"1tcm", "2tcm", "2tcm-irr", "patlak", "srtm", "patlak-ref", "mab-pk", "cart-ck", "cell-trafficking"}
+    se_judged = {"1tcm", "2tcm", "2tcm-irr", "patlak", "logan", "srtm", "logan-ref", "patlak-ref", "mab-pk", "cart-ck",
+                 "cell-trafficking"}
     for k, name in enumerate(models):
         n = n_fits(name, quick)
         why = _model_available(name)
@@ -567,8 +568,7 @@ def validate_noise(table: Table, scan: Scan, models, *, quick: bool, seed: int =
             extra += [f"{n_wild} wild fit(s) set aside"] if n_wild else []
             q = f"{p}: median SE / sd of the fits" + (f" ({', '.join(extra)})" if extra else "")
             if name not in se_judged:
-                why = ("relative noise, residuals in %ID: the SEs of the small organs' rates are not reliable"
-                       if name == "cell-trafficking" else "noise in x and y")
+                why = "relative noise, residuals in %ID: the SEs of the small organs' rates are not reliable"
                 table.info(case, name, q + f": {why}", 1.0, ratio, err, "log")
                 continue
             if n < MIN_N_SE_JUDGED:  # the sd of a handful of fits is too uncertain to judge the SE by

@@ -1,7 +1,10 @@
 """Graphical (linearised) plasma-input models: Patlak (Ki) and Logan (VT), with t* selection.
 
 After a time t* the transformed curves fall on a line, fitted by weighted linear
-regression; slope and intercept carry standard errors from the regression covariance.
+regression.  Patlak's slope and intercept carry standard errors from the regression
+covariance; Logan's (and Logan-ref's) from the curve's noise propagated through the plot
+(:func:`tac_space_cov`), since the measured curve is in both coordinates there and the
+regression's own errors, which assume exact x, come out several times too small.
 
 - Patlak (irreversible uptake): ``C_T(t) / C_p(t) = Ki int_0^t C_p / C_p(t) + V0``.
 - Logan (reversible uptake): ``int_0^t C_T / C_T(t) = VT int_0^t C_p / C_T(t) + b``
@@ -55,7 +58,7 @@ from .base import (Frames, KineticFit, check_curve, check_dt_min, check_from_inj
 from .inputs import InputFunction
 from .simulate import fine_grid, frame_average, grid_index, integrate
 
-__all__ = ["Patlak", "Logan", "weighted_line", "select_tstar", "tissue_integral", "plasma_terms"]
+__all__ = ["Patlak", "Logan", "weighted_line", "select_tstar", "tissue_integral", "plasma_terms", "tac_space_cov"]
 
 
 # ---------------------------------------------------------------------------------------------- pure functions
@@ -182,6 +185,75 @@ def select_tstar(frames: Frames, x, y, w, *, tstar_s=None, min_points: int = 3, 
                   "max_rel_residual": r, "warning": msg}
 
 
+def tac_space_cov(plot, tac, first, w, slope, intercept):
+    """Covariance of a graphical fit's (slope, intercept) from the noise of the measured curve.
+
+    Where the measured curve sits in both coordinates of the plot (Logan: ``C_T`` divides x and y, and its
+    running integral is in y), the plot's points share their noise and lie off the line in both directions,
+    so the regression's covariance, which assumes exact x and independent y, is several times too small
+    (4.5x for Logan VT in ``phantoms/validate_kinetics.py``).  Here the frames' noise is propagated instead,
+    to first order:
+
+    - each frame ``j`` of the curve has variance ``s^2 / w_j`` (the regression weights are inverse
+      variances up to the common factor ``s^2``; a frame of weight 0 gets the largest variance of the others);
+    - ``J`` = d(slope, intercept) / dC and ``G`` = d(residuals of the points used) / dC, by central
+      differences over every frame (the frames before t* enter the running integral);
+    - ``s^2 = r' (G V G')^-1 r / (m - 2)`` from the m residuals ``r`` at the fit (their covariance under
+      that noise is ``s^2 G V G'``, ``V = diag(1 / w)``), and the covariance is ``s^2 J V J'``.
+
+    Parameters
+    ----------
+    plot : callable
+        ``plot(C) -> (x, y)`` of the plot for curves ``C`` of shape (..., n), frames on the last axis.
+    tac : (n,) array
+        The measured curve.
+    first : int
+        First frame on the line.
+    w : (n,) array
+        Regression weights.
+    slope, intercept : float
+        The fit.
+
+    Returns
+    -------
+    (2, 2) ndarray or None
+        None where it cannot be formed (fewer than 3 points, a non-finite plot near the curve, a singular
+        residual covariance): the caller keeps the regression's.
+    """
+    c = np.asarray(tac, dtype=np.float64)
+    w = np.asarray(w, dtype=np.float64)
+    n = c.size
+    m = n - first
+    pos = w > 0
+    if m < 3 or not pos.any():
+        return None
+    var = np.where(pos, 1.0 / np.where(pos, w, 1.0), float(np.max(1.0 / w[pos])))
+    h = 1e-5 * (np.abs(c) + 1e-3 * float(np.max(np.abs(c))))
+    if not np.all(h > 0):
+        return None
+    x, y = plot(c[None, :] + np.concatenate([np.diag(h), -np.diag(h)]))  # (2n, n): every frame, up and down
+    x0, y0 = plot(c)
+    xs, ys, ws = x[:, first:], y[:, first:], w[first:]
+    if not (np.all(np.isfinite(xs)) and np.all(np.isfinite(ys))):
+        return None
+    sw = ws.sum()
+    xm, ym = xs @ ws / sw, ys @ ws / sw
+    dx = xs - xm[:, None]
+    slopes = ((dx * (ys - ym[:, None])) @ ws) / ((dx * dx) @ ws)
+    theta = np.stack([slopes, ym - slopes * xm], axis=1)
+    jac = ((theta[:n] - theta[n:]) / (2.0 * h[:, None])).T  # (2, n)
+    res = ys - intercept - slope * xs
+    g = ((res[:n] - res[n:]) / (2.0 * h[:, None])).T  # (m, n)
+    r0 = y0[first:] - intercept - slope * x0[first:]
+    sigma_r = (g * var) @ g.T
+    try:
+        s2 = float(r0 @ np.linalg.solve(sigma_r, r0)) / (m - 2)
+    except np.linalg.LinAlgError:
+        return None
+    cov = s2 * (jac * var) @ jac.T
+    return cov if np.all(np.isfinite(cov)) and s2 >= 0 else None
+
+
 def tissue_integral(values, frames: Frames) -> np.ndarray:
     """Estimate of the frame mean of ``int_0^t C(s) ds`` (unit of C x min) from frame averages ``C_i``.
 
@@ -264,6 +336,8 @@ class _GraphicalModel:
     slope = ""
     intercept = ""
     units: dict = {}
+    #: the measured curve is in both coordinates of the plot (Logan): standard errors by tac_space_cov
+    noise_in_x = False
 
     def __init__(self, *, tstar_s: float | None = None, min_points: int = 3, max_rel_residual: float = 0.10,
                  weights="duration", half_life_s: float | None = None, dt_min: float = 0.05):
@@ -312,6 +386,11 @@ class _GraphicalModel:
                                 max_rel_residual=self.max_rel_residual, what=what)
         xs, ys, ws = x[k:], yy[k:], w[k:]
         slope, icpt, cov, wrss = weighted_line(xs, ys, ws)
+        se_method = "regression"
+        if self.noise_in_x:  # the regression's covariance assumes exact x: propagate the curve's noise instead
+            tac_cov = tac_space_cov(lambda c: self._plot(c, frames, source)[:2], y, k, w, slope, icpt)
+            if tac_cov is not None:
+                cov, se_method = tac_cov, "tac-space"
         fitted = icpt + slope * xs
         aic, aicc, bic = information_criteria(wrss, xs.size, 2)
         params = {self.slope: slope, self.intercept: icpt}
@@ -320,7 +399,8 @@ class _GraphicalModel:
             g = np.array([grad.get(self.slope, 0.0), grad.get(self.intercept, 0.0)])
             params[name] = val
             se[name] = _sqrt(float(g @ cov @ g))
-        info = {"weights": weights_label(self.weights), **tinfo, "frames_used": list(range(k, x.size)),
+        info = {"weights": weights_label(self.weights), "se_method": se_method, **tinfo,
+                "frames_used": list(range(k, x.size)),
                 "n_frames": int(x.size), "x": x, "y": yy, "cov": cov,
                 "space": f"{self.name} plot (fitted and residuals are y of the plot)", "region": region, **extra_info}
         return KineticFit(model=self.name, params=params, se=se, aic=aic, aicc=aicc, bic=bic, wrss=wrss,
@@ -427,6 +507,7 @@ class Logan(_GraphicalModel):
     slope = "VT"
     intercept = "intercept"
     units = {"VT": "mL/cm3", "intercept": "min"}
+    noise_in_x = True
 
     def __init__(self, *, vB: float = 0.0, **options):
         """

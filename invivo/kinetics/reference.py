@@ -379,6 +379,7 @@ class LoganRef(_GraphicalModel):
     slope = "DVR"
     intercept = "intercept"
     units = {"DVR": "1", "intercept": "min", "BPND": "1"}
+    noise_in_x = True  # the target's noise; the reference is taken as exact
 
     def __init__(self, *, k2_ref: float | None = None, **options):
         """
