@@ -243,6 +243,18 @@ def test_logan_se_matches_the_spread_of_noisy_fits(scan, ref_curve, which):
     assert rel(np.median(se), v.std(ddof=1)) < 0.15
 
 
+def test_logan_says_when_its_se_falls_back_to_the_regression(scan, monkeypatch):
+    """Where the curve's noise cannot be propagated, the fit warns and records that its SEs are the regression's."""
+    import invivo.kinetics.graphical as graphical
+
+    frames, inp = scan
+    tac = Logan.simulate(frames, inp, VT=1.5, intercept=-8.0)
+    monkeypatch.setattr(graphical, "tac_space_cov", lambda *a, **k: None)
+    with pytest.warns(InvivoWarning, match="regression's"):
+        fit = Logan(tstar_s=900).fit(tac, frames, inp)
+    assert fit.info["se_method"] == "regression" and rel(fit.params["VT"], 1.5) < 1e-10
+
+
 def test_logan_ref_and_patlak_ref_self_simulators(scan, ref_curve):
     frames, _ = scan
     for k2r in (None, 0.1):

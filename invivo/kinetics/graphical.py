@@ -391,6 +391,11 @@ class _GraphicalModel:
             tac_cov = tac_space_cov(lambda c: self._plot(c, frames, source)[:2], y, k, w, slope, icpt)
             if tac_cov is not None:
                 cov, se_method = tac_cov, "tac-space"
+            else:
+                warnings.warn(f"{what}: the curve's noise could not be propagated through the {self.name} plot "
+                              "(a frame near a zero denominator, or a singular residual covariance); the standard "
+                              "errors are the regression's, which assume exact x and come out too small",
+                              InvivoWarning, stacklevel=4)
         fitted = icpt + slope * xs
         aic, aicc, bic = information_criteria(wrss, xs.size, 2)
         params = {self.slope: slope, self.intercept: icpt}

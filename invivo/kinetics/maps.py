@@ -292,18 +292,17 @@ def compartment_map(data, frames: Frames, inp: InputFunction, *, model: str = "2
         return _sym_solve(xp, g, list(fixwy) + [fwy])
 
     tab_w = tab * w  # (m, n)
-    fwf_grid = (tab_w * tab).sum(axis=1)  # (m,)
-    fwfix_grid = [tab_w @ u for u in fixed]  # each (m,)
     nodes = xp.asarray(log_b, dtype=np.float64)
     # the grid search's normal matrices [fixed..., F_j] do not depend on the voxel: their inverses H_j, once,
     # so that every voxel's explained sum of squares r' H_j r (r = [fixed'Wy..., F_j'Wy]) at every node is a few
     # matrix products (quadratic in the voxel's fixed products, linear and quadratic in F_j'Wy)
     n_fix = len(fixed)
+    cols = np.concatenate([np.array([to_device(u, "cpu") for u in fixed]).reshape(n_fix, table.shape[1]), table])  # host
+    g_all = (cols * to_device(w, "cpu")) @ cols.T  # weighted products of [fixed..., every node's F]
     gmat = np.empty((len(log_b), n_fix + 1, n_fix + 1))
-    gmat[:, :n_fix, :n_fix] = np.asarray(gff, dtype=np.float64).reshape(n_fix, n_fix)
-    for i in range(n_fix):
-        gmat[:, i, n_fix] = gmat[:, n_fix, i] = to_device(fwfix_grid[i], "cpu")
-    gmat[:, n_fix, n_fix] = to_device(fwf_grid, "cpu")
+    gmat[:, :n_fix, :n_fix] = g_all[:n_fix, :n_fix]
+    gmat[:, :n_fix, n_fix] = gmat[:, n_fix, :n_fix] = g_all[n_fix:, :n_fix]
+    gmat[:, n_fix, n_fix] = np.diagonal(g_all)[n_fix:]
     with np.errstate(all="ignore"):
         try:
             hmat = np.linalg.inv(gmat)

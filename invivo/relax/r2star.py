@@ -77,8 +77,8 @@ def _rician_table(xp, dtype):
 
     In w the whole half-line r >= 0 is one finite, smooth interval: H tends to w / 2 as w -> 0 (the Rician
     mean's ``nu + sigma^2 / (2 nu)``) and is sqrt(pi/2) at r = 0.  With z = r^2 / 4:
-    ``F = sqrt(pi/2) [(1 + 2z) i0e(z) + 2z i1e(z)]`` and ``F' = dA/dnu = sqrt(pi/2) r / 2 (i0e + i1e)(z)``
-    (SciPy, float64); above r = 1000 the asymptotic series, exact there to float64.
+    ``F`` from :func:`rician_mean` and ``F' = dA/dnu = sqrt(pi/2) r / 2 (i0e + i1e)(z)`` (SciPy, float64);
+    above r = 1000 the asymptotic series, exact there to float64.
     """
     key = (xp.__name__, np.dtype(dtype).str, 0 if xp is np else xp.cuda.runtime.getDevice())
     if key not in _rician_tables:
@@ -92,7 +92,7 @@ def _rician_table(xp, dtype):
         rs = np.where(series, 1.0, r)  # the Bessel form where it is used; the series above r = 1000
         z = rs * rs / 4.0
         i0, i1 = sps.i0e(z), sps.i1e(z)
-        hv = _SQRT_HALF_PI * ((1.0 + 2.0 * z) * i0 + 2.0 * z * i1) - rs
+        hv = rician_mean(rs, 1.0) - rs
         slope_m1 = _SQRT_HALF_PI * 0.5 * rs * (i0 + i1) - 1.0  # F' - 1
         rb = np.where(series, r, 1e3)
         inv2 = 1.0 / (rb * rb)
